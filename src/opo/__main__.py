@@ -1,0 +1,5 @@
+import sys
+
+from opo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,96 @@
+"""Atomic checkpoints: model (HF safetensors), optimizer, scheduler, RNG states, data position, config.
+
+A checkpoint is written into a temporary directory, every file is fsynced, and the directory is
+renamed to ``step_NNNNNNN``: a directory with that name is always complete. Training state loads
+with ``weights_only=True``, so reading a checkpoint never executes code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+
+_NAME = re.compile(r"^step_(\d{7})$")
+STATE_FILE = "trainer_state.pt"
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "sampler": generator.get_state()}
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuples(state["python"]))
+    generator.set_state(state["sampler"])
+
+
+def _tuples(x: Any) -> Any:
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def save(
+    ckpt_root: Path,
+    step: int,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    state: dict[str, Any],
+    config: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write checkpoint ``step`` atomically under ``ckpt_root`` and prune to the last ``keep``."""
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step_{step:07d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:07d}.", dir=ckpt_root))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        torch.save(state, tmp / STATE_FILE)
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        _fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_tree(ckpt_root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in complete_checkpoints(ckpt_root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def complete_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Complete checkpoint directories, oldest first (temporary ones are ignored)."""
+    if not ckpt_root.is_dir():
+        return []
+    found = [p for p in ckpt_root.iterdir() if p.is_dir() and _NAME.match(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def latest(ckpt_root: Path) -> Optional[Path]:
+    found = complete_checkpoints(ckpt_root)
+    return found[-1] if found else None
+
+
+def load_state(ckpt: Path) -> dict[str, Any]:
+    """Training state of a checkpoint, loaded without executing code."""
+    return torch.load(ckpt / STATE_FILE, weights_only=True)

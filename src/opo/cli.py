@@ -1,0 +1,54 @@
+"""Command line: ``opo train [CONFIG.yaml] [key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from opo.config import ConfigError, describe, load_config
+
+USAGE = """opo: on-policy RL for language models with verifiable rewards (OPO, arXiv 2505.23585)
+
+commands:
+  opo train [CONFIG.yaml] [key=value ...]   train a policy (no arguments: the embedded default)
+
+Run 'opo train --help' for every config key."""
+
+
+def _split_args(args: list[str]) -> tuple[Optional[str], list[str]]:
+    config = None
+    if args and "=" not in args[0]:
+        config, args = args[0], args[1:]
+    return config, args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="opo", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    p_train = sub.add_parser(
+        "train", help="train a policy with OPO (or another registered algorithm)",
+        description="Train a policy. Settings come from the defaults, then CONFIG.yaml, then key=value "
+        "overrides (values are YAML: 1e-5, true, null, {a: 1}).\n\nconfig keys:\n" + describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p_train.add_argument("settings", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
+    ns = parser.parse_args(argv)
+    if ns.command is None:
+        parser.print_help()
+        return 0
+    try:
+        config_path, overrides = _split_args(ns.settings)
+        cfg = load_config(config_path, overrides)
+        from opo.trainer import train  # heavy imports only once the config is valid
+
+        train(cfg)
+    except ConfigError as e:
+        print(f"opo: config error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""A sampling engine on plain transformers modules.
+
+Unlike ``model.generate`` it computes each prompt once per group and shares the prompt's KV
+cache across the K samples, drops finished sequences from the batch, records the sampler's
+log-probs as it goes, and applies no hidden generation defaults (``generate`` would use a
+model's own ``top_k``/repetition settings, which silently break exact on-policy sampling).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from transformers import PreTrainedModel
+
+from opo.logprobs import PromptBatch, prefill
+from opo.rollout.base import Rollout, RolloutBatch
+
+
+def autocast_context(precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CPU (fp32 master weights) or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class HFEngine:
+    """Sample from a causal LM with a shared-prefix KV cache."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        stop_ids: list[int],
+        pad_id: int,
+        precision: str = "bf16",
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        self.model = model
+        self.stop_ids = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
+        self.pad_id = pad_id
+        self.precision = precision
+        self.top_p = top_p
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        head = self.model.get_output_embeddings()
+        with torch.autocast(device_type="cpu", enabled=False):
+            return torch.nn.functional.linear(hidden.float(), head.weight)  # (A, V) fp32, as the trainer
+
+    def _sample(self, logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next tokens ``(A,)`` and their log-probs under the distribution sampled from ``(A,)``."""
+        if temperature == 0.0:
+            logp = logits.log_softmax(-1)
+            tok = logits.argmax(-1)
+            return tok, logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+        logp = (logits / temperature).log_softmax(-1)  # (A, V)
+        probs = logp.exp()
+        if self.top_p < 1.0:
+            sorted_p, order = probs.sort(-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p > self.top_p  # keep the smallest set reaching top_p
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        tok = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+        return tok, logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: list[list[int]], groups: list[int], samples: int, max_new_tokens: int, temperature: float
+    ) -> RolloutBatch:
+        """``samples`` completions of each prompt; ``temperature=0`` decodes greedily."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        batch = PromptBatch.from_lists(prompts, self.pad_id)
+        n = len(prompts) * samples
+        row = torch.arange(len(prompts)).repeat_interleave(samples)  # (N,) prompt row of each sample
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        logps: list[list[float]] = [[] for _ in range(n)]
+        finish = ["length"] * n
+        with autocast_context(self.precision):
+            last_hidden, cache = prefill(self.model, batch)
+            logits = self._logits(last_hidden)[row]  # (N, V)
+            cache.batch_select_indices(row)
+            attn = batch.mask[row]  # (N, Lp + t)
+            pos = batch.lengths[row]  # (N,) position of the next token
+            active = torch.arange(n)  # sample index of each live row
+            for step in range(max_new_tokens):
+                tok, lp = self._sample(logits, temperature)
+                for i, t, l in zip(active.tolist(), tok.tolist(), lp.tolist()):
+                    tokens[i].append(t)
+                    logps[i].append(l)
+                done = torch.isin(tok, self.stop_ids)
+                for i in active[done].tolist():
+                    finish[i] = "stop"
+                keep = ~done
+                if step == max_new_tokens - 1 or not keep.any():
+                    break
+                if not keep.all():  # stop computing finished sequences
+                    idx = keep.nonzero().squeeze(-1)
+                    cache.batch_select_indices(idx)
+                    active, tok, attn, pos = active[idx], tok[idx], attn[idx], pos[idx]
+                attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+                out = self.model.get_decoder()(
+                    input_ids=tok.unsqueeze(-1),
+                    attention_mask=attn,
+                    position_ids=pos.unsqueeze(-1),
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                logits = self._logits(out.last_hidden_state[:, -1])
+                pos = pos + 1
+        rollouts = [
+            Rollout(prompts[row[i]], tokens[i], logps[i], finish[i], groups[row[i]]) for i in range(n)
+        ]
+        return RolloutBatch(rollouts)

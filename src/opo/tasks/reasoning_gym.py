@@ -1,0 +1,90 @@
+"""Any reasoning-gym generator by name, scored by its own scorer."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import reasoning_gym
+
+from opo.rewards.extract import EXTRACTORS
+from opo.tasks.base import Example
+
+
+class ReasoningGymTask:
+    """Training and held-out examples from one reasoning-gym generator.
+
+    Training example ``i`` is item ``i`` of the generator seeded with ``seed``; the held-out set
+    is the first ``eval_size`` distinct questions of the generator seeded with ``eval_seed``. With
+    ``exclude_eval=True`` training skips any question that also appears in the held-out set, so
+    held-out accuracy measures generalisation even when the problem space is small.
+    """
+
+    def __init__(
+        self,
+        generator: str,
+        generator_args: dict[str, Any],
+        prompt_template: str,
+        system_prompt: Optional[str],
+        extractor: str,
+        seed: int,
+        eval_seed: int,
+        eval_size: int,
+        exclude_eval: bool,
+        binary_reward: bool,
+        train_size: int = 1_000_000,
+    ) -> None:
+        self.name = generator
+        self.prompt_template = prompt_template
+        self.system_prompt = system_prompt
+        self.extract = EXTRACTORS.get(extractor)
+        self.binary_reward = binary_reward
+        try:
+            self._train = reasoning_gym.create_dataset(generator, seed=seed, size=train_size, **generator_args)
+            pool = reasoning_gym.create_dataset(generator, seed=eval_seed, size=20 * eval_size, **generator_args)
+        except (TypeError, ValueError, KeyError, AssertionError) as e:
+            raise ValueError(f"task: cannot build reasoning-gym generator '{generator}' with {generator_args}: {e}") from e
+        self._eval_items = _distinct(pool, eval_size, generator)
+        self._excluded = {e["question"] for e in self._eval_items} if exclude_eval else set()
+        # Training indices skip excluded questions; map logical index -> generator index lazily.
+        self._index: list[int] = []
+        self._next_raw = 0
+
+    def _raw_index(self, index: int) -> int:
+        while len(self._index) <= index:
+            if self._next_raw >= self._train.size:
+                raise ValueError(f"task '{self.name}': training stream exhausted after {len(self._index)} examples")
+            if self._train[self._next_raw]["question"] not in self._excluded:
+                self._index.append(self._next_raw)
+            self._next_raw += 1
+            if self._next_raw > 1000 and not self._index:
+                raise ValueError(f"task '{self.name}': every training question is in the held-out set")
+        return self._index[index]
+
+    def _example(self, item: dict[str, Any]) -> Example:
+        messages = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
+        messages.append({"role": "user", "content": self.prompt_template.format(question=item["question"])})
+        return Example(messages, str(item["answer"]), {"entry": item})
+
+    def train_example(self, index: int) -> Example:
+        return self._example(self._train[self._raw_index(index)])
+
+    def eval_examples(self) -> list[Example]:
+        return [self._example(item) for item in self._eval_items]
+
+    def score(self, completion: str, example: Example) -> float:
+        answer = self.extract(completion)
+        if answer is None:
+            return 0.0
+        reward = float(self._train.score_answer(answer, example.metadata["entry"]))
+        return float(reward >= 1.0) if self.binary_reward else reward
+
+
+def _distinct(pool: Any, size: int, name: str) -> list[dict[str, Any]]:
+    """The first ``size`` items of ``pool`` with distinct questions."""
+    seen: dict[str, dict[str, Any]] = {}
+    for i in range(pool.size):
+        item = pool[i]
+        seen.setdefault(item["question"], item)
+        if len(seen) == size:
+            return list(seen.values())
+    raise ValueError(f"task '{name}': only {len(seen)} distinct held-out questions exist; lower task.eval_size")

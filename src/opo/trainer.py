@@ -1,0 +1,191 @@
+"""The RL loop: sample, score, advantage, update, log, checkpoint. Nothing else.
+
+Each step (OPO, Hao et al. 2025, arXiv 2505.23585):
+  1. take the next P prompts of the task and sample K completions each from the *current* policy;
+  2. score every completion with the task's verifiable reward;
+  3. turn rewards into token advantages (default ``opo``: A_i = r_i - sum_j l_j r_j / sum_j l_j);
+  4. one optimizer step on the policy-gradient loss over the whole batch (exact on-policy: no
+     old-log-prob pass, no reference model, no KL, no entropy bonus, no clipping to fire).
+Off-policy mini-batches/epochs, KL and entropy terms exist only for comparison, behind the config.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from opo import checkpoint
+from opo.algos.advantages import ADVANTAGES
+from opo.config import Config, ConfigError
+from opo.evaluate import decode, encode, heldout_accuracy
+from opo.metrics import JsonlLogger, rollout_metrics
+from opo.models import load_model
+from opo.rollout.hf import HFEngine
+from opo.tasks.reasoning_gym import ReasoningGymTask
+from opo.update import StepData, policy_update
+
+
+def build_task(cfg: Config) -> ReasoningGymTask:
+    t = cfg.task
+    return ReasoningGymTask(
+        t.generator, t.generator_args, t.prompt_template, t.system_prompt, t.extractor,
+        t.seed, t.eval_seed, t.eval_size, t.exclude_eval, t.binary_reward,
+    )
+
+
+def run_dir_of(cfg: Config) -> Path:
+    if cfg.checkpoint.resume and "{time}" in cfg.train.run_dir:
+        raise ConfigError("checkpoint.resume=true needs an explicit train.run_dir (the run to continue)")
+    return Path(cfg.train.run_dir.replace("{time}", time.strftime("%Y%m%d-%H%M%S")))
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Run ``cfg.train.steps`` RL steps; returns the summary (held-out accuracy before/after, timings)."""
+    started = time.time()
+    run_dir = run_dir_of(cfg)
+    ckpt_root = run_dir / "checkpoints"
+    resume_from = checkpoint.latest(ckpt_root) if cfg.checkpoint.resume else None
+    if cfg.checkpoint.resume and resume_from is None:
+        print(f"resume: no complete checkpoint in {ckpt_root}; starting from step 0")
+
+    torch.manual_seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
+    torch.use_deterministic_algorithms(cfg.train.deterministic)
+    model, tok = load_model(str(resume_from) if resume_from else cfg.model.path, cfg.model.trust_remote_code, cfg.train.seed)
+    ref_model = None
+    if cfg.algo.kl_coef > 0:  # the reference is the initial policy, also after a resume
+        ref_model = load_model(cfg.model.path, cfg.model.trust_remote_code, cfg.train.seed)[0].requires_grad_(False)
+    task = build_task(cfg)
+    engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, cfg.rollout.precision, seed=cfg.train.seed)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+        weight_decay=cfg.optim.weight_decay,
+    )
+    warmup = cfg.optim.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    shuffle = torch.Generator().manual_seed(cfg.train.seed + 1)  # off-policy mini-batch order
+
+    start_step, data_pos, summary = 0, 0, {}
+    if resume_from is not None:
+        state = checkpoint.load_state(resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"], engine.generator)
+        shuffle.set_state(state["shuffle"])
+        start_step, data_pos, summary = state["step"], state["data_pos"], json.loads(state["summary"])
+        if start_step >= cfg.train.steps:
+            raise ConfigError(
+                f"resume: the checkpoint {resume_from} is at step {start_step} and train.steps={cfg.train.steps}: "
+                "nothing to train; raise train.steps to continue"
+            )
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            _truncate_log(run_dir / name, start_step)
+        print(f"resume: continuing from {resume_from} (step {start_step})")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    log = JsonlLogger(run_dir / "metrics.jsonl")
+    samples_log = JsonlLogger(run_dir / "samples.jsonl")
+
+    def evaluate(step: int) -> dict[str, float]:
+        t0 = time.time()
+        result = heldout_accuracy(engine, tok, task, cfg.train.eval_max_new_tokens)
+        result["time/eval"] = time.time() - t0
+        log.log({"step": step, **result})
+        return result
+
+    if start_step == 0 and cfg.train.eval_before:
+        summary["before"] = evaluate(0)
+        print(f"held-out accuracy before training: {summary['before']['eval/accuracy']:.1%} "
+              f"({int(summary['before']['eval/n'])} problems, greedy)")
+
+    P, K = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
+    bar = tqdm(range(start_step, cfg.train.steps), initial=start_step, total=cfg.train.steps,
+               desc="opo train", disable=not cfg.train.progress, dynamic_ncols=True)
+    for step in bar:
+        t_step = time.time()
+        # 1. Sample K completions per prompt from the current weights.
+        groups = list(range(data_pos, data_pos + P))  # a group is named by its data position
+        examples = {g: task.train_example(g) for g in groups}
+        batch = engine.generate(encode(tok, list(examples.values())), groups, K, cfg.rollout.max_new_tokens,
+                                cfg.rollout.temperature)
+        data_pos += P
+        t_gen = time.time() - t_step
+
+        # 2. Verifiable rewards.
+        t0 = time.time()
+        texts = [decode(tok, r.completion) for r in batch.rollouts]
+        rewards = torch.tensor([task.score(text, examples[r.group]) for text, r in zip(texts, batch.rollouts)])  # (N,)
+        t_reward = time.time() - t0
+
+        # 3. Advantages (registry), 4. one on-policy update.
+        t0 = time.time()
+        prompt_list, group_index = batch.prompts()
+        completions, mask, sampler_logp = batch.completion_tensors(tok.pad_token_id)  # (N, T) each
+        group_ids = batch.group_ids()  # (N,)
+        advantages = ADVANTAGES.get(cfg.algo.advantage)(rewards, mask, group_ids, **cfg.algo.advantage_params)
+        data = StepData(prompt_list, group_index, completions, mask, sampler_logp, advantages, tok.pad_token_id)
+        update = policy_update(model, optimizer, cfg, data, ref_model, shuffle)
+        scheduler.step()
+        t_train = time.time() - t0
+
+        gen_tokens = float(mask.sum())
+        trained_tokens = gen_tokens + sum(len(p) for p in prompt_list)  # shared prompts count once
+        row = {
+            "step": step + 1,
+            **rollout_metrics(rewards, advantages, mask, group_ids, [r.finish for r in batch.rollouts]),
+            **update,
+            "lr": scheduler.get_last_lr()[0],
+            "time/generate": t_gen, "time/reward": t_reward, "time/train": t_train,
+            "time/step": time.time() - t_step,
+            "tokens/generate_per_s": gen_tokens / t_gen, "tokens/train_per_s": trained_tokens / t_train,
+        }
+        if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
+            row.update(evaluate(step + 1))
+        log.log(row)
+        for text, r, rew in zip(texts, batch.rollouts, rewards.tolist()):
+            samples_log.log({"step": step + 1, "group": r.group, "completion": text, "reward": rew, "finish": r.finish})
+        bar.set_postfix(reward=f"{row['reward/mean']:.2f}", step_s=f"{row['time/step']:.1f}")
+        (tqdm.write if cfg.train.progress else print)(_console_line(row))
+
+        every = cfg.checkpoint.every
+        if (every and (step + 1) % every == 0) or step + 1 == cfg.train.steps:
+            state = {
+                "step": step + 1, "data_pos": data_pos, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": checkpoint.rng_state(engine.generator),
+                "shuffle": shuffle.get_state(), "summary": json.dumps(summary),
+            }
+            checkpoint.save(ckpt_root, step + 1, model, tok, state, cfg.to_dict(), cfg.checkpoint.keep)
+    bar.close()
+
+    summary["after"] = evaluate(cfg.train.steps)
+    summary["wall_time_s"] = time.time() - started
+    summary["run_dir"] = str(run_dir)
+    if "before" in summary:
+        b, a = summary["before"]["eval/accuracy"], summary["after"]["eval/accuracy"]
+        print(f"held-out accuracy: before {b:.1%} -> after {a:.1%} ({100 * (a - b):+.1f} points)")
+    else:
+        print(f"held-out accuracy after training: {summary['after']['eval/accuracy']:.1%}")
+    print(f"wall time {summary['wall_time_s'] / 60:.1f} min; run directory {run_dir}")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _console_line(row: dict[str, Any]) -> str:
+    return (f"step {row['step']:>4}  reward {row['reward/mean']:.3f}  acc {row['reward/accuracy']:.3f}  "
+            f"entropy {row['entropy']:.3f}  len {row['length/mean']:.1f}  gnorm {row['grad_norm']:.3f}  "
+            f"gen {row['time/generate']:.1f}s  train {row['time/train']:.1f}s"
+            + (f"  eval_acc {row['eval/accuracy']:.3f}" if "eval/accuracy" in row else ""))
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows of steps after ``step``: they will be run again after a resume."""
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))

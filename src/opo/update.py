@@ -1,0 +1,178 @@
+"""The policy update: micro-batching by a token budget, loss, backward, optimizer step.
+
+Exact on-policy (the default) is one optimizer step per rollout batch with no old-log-prob and
+no reference pass. Off-policy (``ppo_epochs > 1`` or ``mini_batches > 1``) first records the
+old log-probs, then takes one step per mini-batch per epoch with the clipped objective.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from transformers import PreTrainedModel
+
+from opo.algos.losses import KL_ESTIMATORS, POLICY_LOSSES, aggregate
+from opo.config import Config
+from opo.logprobs import PromptBatch, completion_logprobs
+from opo.rollout.hf import autocast_context
+
+
+@dataclass
+class StepData:
+    """Everything one rollout batch contributes to the update.
+
+    ``prompts`` holds G distinct prompts; ``group_index`` ``(N,)`` maps each completion to its
+    prompt; ``completions``, ``mask``, ``sampler_logp`` and ``advantages`` are ``(N, T)``.
+    """
+
+    prompts: list[list[int]]
+    group_index: torch.Tensor
+    completions: torch.Tensor
+    mask: torch.Tensor
+    sampler_logp: torch.Tensor
+    advantages: torch.Tensor
+    pad_id: int
+
+
+def micro_batches(data: StepData, groups: list[int], token_budget: int) -> list[list[int]]:
+    """Split whole groups (prompt rows) into micro-batches of at most ``token_budget`` tokens.
+
+    A group costs its prompt once plus each completion, as the shared-prefix forward computes
+    it. A group larger than the budget gets a micro-batch of its own.
+    """
+    lengths = data.mask.sum(-1)  # (N,)
+    out: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for g in groups:
+        rows = data.group_index == g
+        cost = len(data.prompts[g]) + int(rows.sum()) * int(lengths[rows].max())
+        if current and used + cost > token_budget:
+            out.append(current)
+            current, used = [], 0
+        current.append(g)
+        used += cost
+    if current:
+        out.append(current)
+    return out
+
+
+def _select(data: StepData, groups: list[int]) -> tuple[PromptBatch, torch.Tensor, torch.Tensor]:
+    """Prompt batch, row indices ``(n,)`` and per-row prompt index ``(n,)`` of some groups."""
+    rows = torch.cat([(data.group_index == g).nonzero().squeeze(-1) for g in groups])
+    remap = {g: i for i, g in enumerate(groups)}
+    local = torch.tensor([remap[int(g)] for g in data.group_index[rows]], dtype=torch.long)
+    return PromptBatch.from_lists([data.prompts[g] for g in groups], data.pad_id), rows, local
+
+
+def _forward(model: PreTrainedModel, cfg: Config, data: StepData, groups: list[int], entropy_grad: bool = False):
+    batch, rows, local = _select(data, groups)
+    width = int(data.mask[rows].sum(-1).max())  # trim padding shared by the whole micro-batch
+    with autocast_context(cfg.model.precision):
+        logp, ent = completion_logprobs(
+            model, batch, data.completions[rows, :width], data.mask[rows, :width], local,
+            temperature=cfg.rollout.temperature, fp32_head=cfg.model.fp32_head, with_entropy_grad=entropy_grad,
+        )
+    return rows, width, logp, ent  # logp, ent: (n, width)
+
+
+@torch.no_grad()
+def record_logprobs(model: PreTrainedModel, cfg: Config, data: StepData, counts: Counter, key: str) -> torch.Tensor:
+    """Log-probs ``(N, T)`` of the batch under ``model``, without gradient (old or reference policy)."""
+    out = torch.zeros_like(data.mask)
+    groups = list(range(len(data.prompts)))
+    for mb in micro_batches(data, groups, cfg.train.micro_batch_tokens):
+        rows, width, logp, _ = _forward(model, cfg, data, mb)
+        out[rows, :width] = logp
+        counts[key] += 1
+    return out
+
+
+def policy_update(
+    model: PreTrainedModel,
+    optimizer: torch.optim.Optimizer,
+    cfg: Config,
+    data: StepData,
+    ref_model: Optional[PreTrainedModel] = None,
+    generator: Optional[torch.Generator] = None,
+) -> dict[str, float]:
+    """Run the optimizer step(s) for one rollout batch and return metrics."""
+    counts: Counter = Counter()
+    old_logp = record_logprobs(model, cfg, data, counts, "passes/old_logprob") if cfg.off_policy else None
+    ref_logp = record_logprobs(ref_model, cfg, data, counts, "passes/reference") if ref_model is not None else None
+    loss_fn = POLICY_LOSSES.get(cfg.algo.loss)
+    loss_params = {}
+    if cfg.algo.loss == "ppo_clip":
+        loss_params = dict(clip_low=cfg.algo.clip_low, clip_high=cfg.algo.clip_high, dual_clip=cfg.algo.dual_clip)
+
+    n_groups = len(data.prompts)
+    sums: Counter = Counter()  # token-weighted sums for the step's metrics
+    grad_norms: list[float] = []
+    skipped = 0
+    for _ in range(cfg.algo.ppo_epochs):
+        order = torch.randperm(n_groups, generator=generator).tolist() if cfg.off_policy else list(range(n_groups))
+        size = n_groups // cfg.algo.mini_batches
+        for start in range(0, n_groups, size):
+            mini = order[start : start + size]
+            rows_all = torch.cat([(data.group_index == g).nonzero().squeeze(-1) for g in mini])
+            # Normalisers of the whole mini-batch, so micro-batching leaves the gradient unchanged.
+            n_tokens = float(data.mask[rows_all].sum())
+            n_seqs = float(len(rows_all))
+            optimizer.zero_grad(set_to_none=True)
+            for mb in micro_batches(data, mini, cfg.train.micro_batch_tokens):
+                rows, width, logp, ent = _forward(model, cfg, data, mb, entropy_grad=cfg.algo.entropy_coef > 0)
+                counts["passes/train_forward"] += 1
+                mask = data.mask[rows, :width]  # (n, width)
+                adv = data.advantages[rows, :width]
+                old = None if old_logp is None else old_logp[rows, :width]
+                token_loss, clipped = loss_fn(logp, old, adv, **loss_params)  # (n, width)
+                if ref_logp is not None:
+                    kl = KL_ESTIMATORS.get(cfg.algo.kl_estimator)(logp, ref_logp[rows, :width])
+                    token_loss = token_loss + cfg.algo.kl_coef * kl
+                    sums["kl"] += float((kl.detach() * mask).sum())
+                if cfg.algo.entropy_coef > 0:
+                    token_loss = token_loss - cfg.algo.entropy_coef * ent
+                loss = aggregate(token_loss, mask, cfg.algo.aggregation, n_tokens, n_seqs)
+                loss.backward()
+                sums["loss"] += float(loss.detach())
+                sums["tokens"] += float(mask.sum())
+                sums["entropy"] += float((ent.detach() * mask).sum())
+                sums["clipped"] += float((clipped.float() * mask).sum())
+                gap = (logp.detach() - data.sampler_logp[rows, :width]).abs() * mask
+                sums["logprob_gap"] += float(gap.sum())
+                sums["logprob_gap_max"] = max(sums["logprob_gap_max"], float(gap.max()))
+            norm = _grad_norm(model, cfg.optim.grad_clip)
+            grad_norms.append(norm)
+            if math.isfinite(norm):
+                optimizer.step()
+            else:  # a NaN/inf gradient must not reach the weights
+                skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+    tokens = max(sums["tokens"], 1.0)
+    updates = cfg.algo.ppo_epochs * cfg.algo.mini_batches
+    metrics = {
+        "loss": sums["loss"] / updates,
+        "entropy": sums["entropy"] / tokens,
+        "clip_frac": sums["clipped"] / tokens,
+        "logprob_gap/mean_abs": sums["logprob_gap"] / tokens,
+        "logprob_gap/max_abs": sums["logprob_gap_max"],
+        "grad_norm": sum(grad_norms) / len(grad_norms),
+        "optimizer_steps": float(updates - skipped),
+        "skipped_steps": float(skipped),
+        "micro_batches": float(counts["passes/train_forward"]) / updates,
+    }
+    if ref_logp is not None:
+        metrics["kl_ref"] = sums["kl"] / tokens
+    metrics.update({k: float(v) for k, v in counts.items()})
+    return metrics
+
+
+def _grad_norm(model: PreTrainedModel, clip: float) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if clip > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, clip))
+    return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
