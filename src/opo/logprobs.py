@@ -68,11 +68,12 @@ def head_logprobs(
     head = model.get_output_embeddings()
 
     def chunk_fn(h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = torch.promote_types(head.weight.dtype, torch.float32)  # fp32, or fp64 in exactness tests
         if fp32_head:
             with torch.autocast(device_type=h.device.type, enabled=False):
-                logits = F.linear(h.float(), head.weight.float(), None if head.bias is None else head.bias.float())
+                logits = F.linear(h.to(dtype), head.weight.to(dtype), None if head.bias is None else head.bias.to(dtype))
         else:
-            logits = head(h).float()
+            logits = head(h).to(dtype)
         logits = logits / temperature  # (C, V)
         lse = torch.logsumexp(logits, dim=-1)  # (C,)
         logp = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - lse
@@ -93,7 +94,7 @@ def head_logprobs(
         logps.append(lp)
         ents.append(en)
     if not logps:
-        empty = hidden.new_zeros(0, dtype=torch.float32)
+        empty = hidden.new_zeros(0, dtype=torch.promote_types(hidden.dtype, torch.float32))
         return empty, empty
     return torch.cat(logps), torch.cat(ents)
 
@@ -131,6 +132,6 @@ def completion_logprobs(
     logp_flat, ent_flat = head_logprobs(
         model, hidden[sel], completions[sel], temperature, chunk_size, fp32_head, with_entropy_grad
     )
-    logp = torch.zeros((n, t), dtype=torch.float32).masked_scatter(sel, logp_flat)
-    ent = torch.zeros((n, t), dtype=torch.float32).masked_scatter(sel, ent_flat)
+    logp = logp_flat.new_zeros((n, t)).masked_scatter(sel, logp_flat)
+    ent = ent_flat.new_zeros((n, t)).masked_scatter(sel, ent_flat)
     return logp, ent

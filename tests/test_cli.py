@@ -1,0 +1,78 @@
+"""End to end through the real CLI on the tiny random model (no download)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+TINY = ["model.path=tiny", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=3", "rollout.max_new_tokens=6",
+        "task.eval_size=6", "train.eval_max_new_tokens=6", "train.progress=false", "train.deterministic=true",
+        "train.micro_batch_tokens=40", "optim.lr=1e-3"]
+
+
+def opo(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "opo", *args], capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"opo {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def steps(run: Path) -> dict[int, dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in rows if "reward/mean" in r}
+
+
+def test_help_lists_every_section():
+    out = opo("train", "--help").stdout
+    for key in ("model.path", "algo.advantage", "rollout.samples_per_prompt", "checkpoint.resume", "optim.lr"):
+        assert key in out
+
+
+def test_bad_setting_exits_2_naming_the_key(tmp_path):
+    proc = opo("train", "algo.advantage=nope", f"run_dir={tmp_path}", check=False)
+    assert proc.returncode == 2 and "algo.advantage='nope'" in proc.stderr
+
+
+def test_train_writes_metrics_checkpoint_and_summary(tmp_path):
+    run = tmp_path / "run"
+    proc = opo("train", *TINY, "train.steps=3", "train.eval_every=2", f"run_dir={run}")
+    assert "held-out accuracy: before" in proc.stdout
+    rows = steps(run)
+    assert sorted(rows) == [1, 2, 3]
+    for key in ("reward/mean", "reward/accuracy", "adv/mean", "adv/std", "groups/all_equal", "entropy", "length/mean",
+                "length/max", "length/truncated", "grad_norm", "clip_frac", "logprob_gap/mean_abs", "time/generate",
+                "time/reward", "time/train", "tokens/generate_per_s", "tokens/train_per_s"):
+        assert key in rows[1], key
+    assert "eval/accuracy" in rows[2]
+    assert abs(rows[1]["adv/mean"]) < 1e-6  # OPO: token advantages of each group sum to zero
+    summary = json.loads((run / "summary.json").read_text())
+    assert {"before", "after", "wall_time_s"} <= set(summary)
+    ckpt = run / "checkpoints" / "step_0000003"
+    assert (ckpt / "model.safetensors").is_file() and (ckpt / "config.yaml").is_file()
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    opo("train", *TINY, "train.steps=3", "checkpoint.every=1", "checkpoint.keep=5", f"run_dir={full}")
+    opo("train", *TINY, "train.steps=2", "checkpoint.every=1", f"run_dir={part}")
+    proc = opo("train", *TINY, "train.steps=3", "checkpoint.every=1", "resume=true", f"run_dir={part}")
+    assert "continuing from" in proc.stdout
+    a, b = steps(full), steps(part)
+    assert sorted(b) == [1, 2, 3]
+    for key in ("reward/mean", "loss", "grad_norm", "entropy", "length/mean", "logprob_gap/mean_abs"):
+        assert a[3][key] == b[3][key], key
+    wa = load_file(full / "checkpoints" / "step_0000003" / "model.safetensors")
+    wb = load_file(part / "checkpoints" / "step_0000003" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    again = opo("train", *TINY, "train.steps=3", "resume=true", f"run_dir={part}", check=False)
+    assert again.returncode == 2 and "nothing to train" in again.stderr
+
+
+def test_resume_needs_an_explicit_run_dir():
+    proc = opo("train", *TINY, "resume=true", check=False)
+    assert proc.returncode == 2 and "explicit train.run_dir" in proc.stderr

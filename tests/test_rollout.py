@@ -1,0 +1,43 @@
+import torch
+
+from opo.logprobs import PromptBatch, completion_logprobs
+from opo.rollout.hf import HFEngine
+
+
+def test_greedy_matches_transformers_generate(tiny):
+    model, tok = tiny
+    prompts = [[1, 5, 6, 7], [9, 10]]
+    engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, precision="fp32")
+    batch = engine.generate(prompts, [0, 1], 1, 6, 0.0)
+    for p, r in zip(prompts, batch.rollouts):
+        ref = model.generate(torch.tensor([p]), max_new_tokens=6, do_sample=False, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.pad_token_id)[0, len(p):].tolist()
+        assert r.completion == ref[: len(r.completion)]
+
+
+def test_sampler_logprobs_equal_trainer_logprobs_fp32(tiny):
+    model, tok = tiny
+    prompts = [[1, 5, 6, 7], [9, 10]]
+    engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, precision="fp32", seed=3)
+    batch = engine.generate(prompts, [10, 11], 3, 5, 0.8)
+    assert len(batch) == 6 and {r.group for r in batch.rollouts} == {10, 11}
+    assert all(r.finish in ("stop", "length") and len(r.completion) == len(r.logprobs) for r in batch.rollouts)
+    plist, gi = batch.prompts()
+    ids, mask, sampler = batch.completion_tensors(tok.pad_token_id)
+    with torch.no_grad():
+        trainer, _ = completion_logprobs(model, PromptBatch.from_lists(plist, tok.pad_token_id), ids, mask, gi, 0.8)
+    assert torch.allclose(trainer * mask, sampler * mask, atol=1e-4)
+
+
+def test_sampling_is_seeded(tiny):
+    model, tok = tiny
+    runs = [HFEngine(model, [tok.eos_token_id], tok.pad_token_id, "fp32", seed=5).generate([[1, 2]], [0], 4, 5, 1.0)
+            for _ in range(2)]
+    assert [r.completion for r in runs[0].rollouts] == [r.completion for r in runs[1].rollouts]
+
+
+def test_stop_token_ends_a_sequence(tiny):
+    model, tok = tiny
+    engine = HFEngine(model, list(range(len(tok))), tok.pad_token_id, "fp32")  # every token stops
+    batch = engine.generate([[1, 2]], [0], 3, 5, 1.0)
+    assert all(len(r.completion) == 1 and r.finish == "stop" for r in batch.rollouts)
