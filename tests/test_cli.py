@@ -76,3 +76,20 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
 def test_resume_needs_an_explicit_run_dir():
     proc = opo("train", *TINY, "resume=true", check=False)
     assert proc.returncode == 2 and "explicit train.run_dir" in proc.stderr
+
+
+def test_eval_writes_table_summary_and_samples(tmp_path):
+    out = tmp_path / "ev"
+    proc = opo("eval", "model.path=tiny", "task=gsm8k", "limit=3", "n=4", "k=1,2,4", "max_new_tokens=5",
+               f"out_dir={out}")
+    assert "pass@4" in proc.stdout and "maj@2" in proc.stdout
+    metrics = json.loads((out / "summary.json").read_text())["metrics"]
+    assert {"eval/accuracy", "eval/avg@n", "eval/pass@1", "eval/pass@4", "eval/maj@4", "eval/truncated"} <= set(metrics)
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * (4 + 1)
+    assert {"prompt", "completion", "answer", "reference", "correct", "finish", "length"} <= set(rows[0])
+
+
+def test_eval_refuses_k_larger_than_n():
+    proc = opo("eval", "model.path=tiny", "n=2", "k=1,4", check=False)
+    assert proc.returncode == 2 and "pass@4 needs at least 4 samples" in proc.stderr

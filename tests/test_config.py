@@ -33,7 +33,7 @@ def test_yaml_file(tmp_path):
     "override, message",
     [
         ("algo.nope=1", "unknown config key 'algo.nope'; keys of 'algo'"),
-        ("nope.x=1", "unknown config key 'nope.x'; sections"),
+        ("nope.x=1", "unknown config key 'nope.x': no section 'nope'"),
         ("lr=1", "unknown config key 'lr'"),
         ("train.steps=abc", "train.steps must be int"),
         ("train.steps=true", "train.steps must be int"),

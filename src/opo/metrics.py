@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -44,3 +44,38 @@ class JsonlLogger:
     def log(self, row: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k) (Chen et al. 2021, Eq. 1)."""
+    if not 0 <= c <= n:
+        raise ValueError(f"pass@k: need 0 <= c <= n, got n={n}, c={c}")
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples per problem, got n={n}")
+    if n - c < k:
+        return 1.0
+    # Numerically stable product form of C(n-c, k) / C(n, k).
+    ratio = 1.0
+    for i in range(n - c + 1, n + 1):
+        ratio *= 1.0 - k / i
+    return 1.0 - ratio
+
+
+def majority_vote(answers: list[Optional[str]], correct: list[bool]) -> bool:
+    """maj@k: is the most frequent extracted answer correct? Ties go to the answer seen first.
+
+    ``answers`` and ``correct`` are per sample; samples without an answer do not vote.
+    """
+    counts: dict[str, int] = {}
+    first_correct: dict[str, bool] = {}
+    for a, ok in zip(answers, correct):
+        if a is None:
+            continue
+        key = a.strip()
+        counts[key] = counts.get(key, 0) + 1
+        first_correct.setdefault(key, ok)
+    if not counts:
+        return False
+    best = max(counts.values())
+    winner = next(a for a in counts if counts[a] == best)  # dicts keep first-seen order
+    return first_correct[winner]

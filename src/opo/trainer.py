@@ -24,20 +24,12 @@ from tqdm import tqdm
 from opo import checkpoint
 from opo.algos.advantages import ADVANTAGES
 from opo.config import Config, ConfigError
-from opo.evaluate import decode, encode, heldout_accuracy
+from opo.evaluate import decode, encode, evaluate
 from opo.metrics import JsonlLogger, rollout_metrics
 from opo.models import load_model
 from opo.rollout.hf import HFEngine
-from opo.tasks.reasoning_gym import ReasoningGymTask
+from opo.tasks import build_task
 from opo.update import StepData, policy_update
-
-
-def build_task(cfg: Config) -> ReasoningGymTask:
-    t = cfg.task
-    return ReasoningGymTask(
-        t.generator, t.generator_args, t.prompt_template, t.system_prompt, t.extractor,
-        t.seed, t.eval_seed, t.eval_size, t.exclude_eval, t.binary_reward,
-    )
 
 
 def run_dir_of(cfg: Config) -> Path:
@@ -62,7 +54,7 @@ def train(cfg: Config) -> dict[str, Any]:
     ref_model = None
     if cfg.algo.kl_coef > 0:  # the reference is the initial policy, also after a resume
         ref_model = load_model(cfg.model.path, cfg.model.trust_remote_code, cfg.train.seed)[0].requires_grad_(False)
-    task = build_task(cfg)
+    task = build_task(cfg.task)
     engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, cfg.rollout.precision, seed=cfg.train.seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
@@ -93,15 +85,17 @@ def train(cfg: Config) -> dict[str, Any]:
     log = JsonlLogger(run_dir / "metrics.jsonl")
     samples_log = JsonlLogger(run_dir / "samples.jsonl")
 
-    def evaluate(step: int) -> dict[str, float]:
+    def held_out(step: int) -> dict[str, float]:
         t0 = time.time()
-        result = heldout_accuracy(engine, tok, task, cfg.train.eval_max_new_tokens)
+        ks = tuple(k for k in cfg.train.eval_k if k <= cfg.train.eval_n)
+        result, _ = evaluate(engine, tok, task, n=cfg.train.eval_n, ks=ks, temperature=cfg.train.eval_temperature,
+                             max_new_tokens=cfg.train.eval_max_new_tokens)
         result["time/eval"] = time.time() - t0
         log.log({"step": step, **result})
         return result
 
     if start_step == 0 and cfg.train.eval_before:
-        summary["before"] = evaluate(0)
+        summary["before"] = held_out(0)
         print(f"held-out accuracy before training: {summary['before']['eval/accuracy']:.1%} "
               f"({int(summary['before']['eval/n'])} problems, greedy)")
 
@@ -121,7 +115,8 @@ def train(cfg: Config) -> dict[str, Any]:
         # 2. Verifiable rewards.
         t0 = time.time()
         texts = [decode(tok, r.completion) for r in batch.rollouts]
-        rewards = torch.tensor([task.score(text, examples[r.group]) for text, r in zip(texts, batch.rollouts)])  # (N,)
+        graded = task.grade(texts, [examples[r.group] for r in batch.rollouts])
+        rewards = torch.tensor([g.reward for g in graded])  # (N,)
         t_reward = time.time() - t0
 
         # 3. Advantages (registry), 4. one on-policy update.
@@ -141,16 +136,19 @@ def train(cfg: Config) -> dict[str, Any]:
             "step": step + 1,
             **rollout_metrics(rewards, advantages, mask, group_ids, [r.finish for r in batch.rollouts]),
             **update,
+            "reward/no_answer": sum(g.status == "no_answer" for g in graded) / len(graded),
+            "reward/grader_failures": float(sum(g.status in ("timeout", "error") for g in graded)),
             "lr": scheduler.get_last_lr()[0],
             "time/generate": t_gen, "time/reward": t_reward, "time/train": t_train,
             "time/step": time.time() - t_step,
             "tokens/generate_per_s": gen_tokens / t_gen, "tokens/train_per_s": trained_tokens / t_train,
         }
         if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
-            row.update(evaluate(step + 1))
+            row.update(held_out(step + 1))
         log.log(row)
-        for text, r, rew in zip(texts, batch.rollouts, rewards.tolist()):
-            samples_log.log({"step": step + 1, "group": r.group, "completion": text, "reward": rew, "finish": r.finish})
+        for text, r, g in zip(texts, batch.rollouts, graded):
+            samples_log.log({"step": step + 1, "group": r.group, "completion": text, "answer": g.answer,
+                             "reward": g.reward, "status": g.status, "finish": r.finish})
         bar.set_postfix(reward=f"{row['reward/mean']:.2f}", step_s=f"{row['time/step']:.1f}")
         (tqdm.write if cfg.train.progress else print)(_console_line(row))
 
@@ -164,7 +162,8 @@ def train(cfg: Config) -> dict[str, Any]:
             checkpoint.save(ckpt_root, step + 1, model, tok, state, cfg.to_dict(), cfg.checkpoint.keep)
     bar.close()
 
-    summary["after"] = evaluate(cfg.train.steps)
+    summary["after"] = held_out(cfg.train.steps)
+    task.close()
     summary["wall_time_s"] = time.time() - started
     summary["run_dir"] = str(run_dir)
     if "before" in summary:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
 
 
 @dataclass
@@ -13,6 +13,17 @@ class Example:
     messages: list[dict[str, str]]
     reference: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Graded:
+    """The verdict on one completion: extracted ``answer`` (None if none), ``reward``, ``correct``,
+    and ``status`` (``ok``, ``no_answer``, ``timeout``, ``error``)."""
+
+    answer: Optional[str]
+    reward: float
+    correct: bool
+    status: str
 
 
 class Task(Protocol):
@@ -28,6 +39,10 @@ class Task(Protocol):
         """The fixed held-out set."""
         ...
 
-    def score(self, completion: str, example: Example) -> float:
-        """Reward of one completion in [0, 1]; 1 means correct."""
+    def grade(self, completions: list[str], examples: list[Example]) -> list[Graded]:
+        """Verdicts on completions of the given examples (one each)."""
+        ...
+
+    def close(self) -> None:
+        """Release worker processes, if any."""
         ...

@@ -7,7 +7,7 @@ from typing import Any, Optional
 import reasoning_gym
 
 from opo.rewards.extract import EXTRACTORS
-from opo.tasks.base import Example
+from opo.tasks.base import Example, Graded
 
 
 class ReasoningGymTask:
@@ -71,12 +71,20 @@ class ReasoningGymTask:
     def eval_examples(self) -> list[Example]:
         return [self._example(item) for item in self._eval_items]
 
-    def score(self, completion: str, example: Example) -> float:
-        answer = self.extract(completion)
-        if answer is None:
-            return 0.0
-        reward = float(self._train.score_answer(answer, example.metadata["entry"]))
-        return float(reward >= 1.0) if self.binary_reward else reward
+    def grade(self, completions: list[str], examples: list[Example]) -> list[Graded]:
+        out = []
+        for completion, example in zip(completions, examples):
+            answer = self.extract(completion)
+            if answer is None:
+                out.append(Graded(None, 0.0, False, "no_answer"))
+                continue
+            score = float(self._train.score_answer(answer, example.metadata["entry"]))
+            reward = float(score >= 1.0) if self.binary_reward else score
+            out.append(Graded(answer, reward, score >= 1.0, "ok"))
+        return out
+
+    def close(self) -> None:
+        pass
 
 
 def _distinct(pool: Any, size: int, name: str) -> list[dict[str, Any]]:

@@ -1,0 +1,95 @@
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from opo.rewards.grader import GraderPool, as_number, extract_answer, extract_boxed
+
+DATA = Path(__file__).resolve().parents[1] / "src" / "opo" / "data"
+
+
+def rows(name):
+    return [json.loads(line) for line in (DATA / name).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with GraderPool(workers=2, timeout=10.0) as p:
+        yield p
+
+
+@pytest.mark.parametrize("text, want", [
+    (r"so \boxed{\frac{1}{2}} and", r"\frac{1}{2}"),
+    (r"\boxed{a{b}c} then \boxed{7}", "7"),
+    (r"nested \boxed{\sqrt{\frac{a}{b}}}", r"\sqrt{\frac{a}{b}}"),
+    (r"\fbox{3}", "3"),
+    (r"is \boxed 5.", "5"),
+    (r"\boxed{2} and \boxed{ unbalanced", "2"),
+    (r"\boxedx", None),
+    ("nothing", None),
+])
+def test_extract_boxed(text, want):
+    assert extract_boxed(text) == want
+
+
+def test_extraction_order_and_methods():
+    assert extract_answer(r"#### 7 but \boxed{8}") == ("8", "boxed")
+    assert extract_answer("so 3 then\n#### 1,234") == ("1234", "gsm8k")
+    assert extract_answer("about 3 or 4.5 apples") == ("4.5", "last_number")
+    assert extract_answer("about 3", ("boxed", "gsm8k")) == (None, None)
+
+
+def test_number_fast_path():
+    assert as_number("1,234") == as_number("1234.0") and as_number(r"\$5") == 5 and as_number(r"50\%") == 50
+    assert as_number(r"\frac12") is None
+
+
+def test_math500_reference_solutions_grade_correct(pool):
+    data = rows("math500.jsonl")
+    grades = pool.grade([(extract_answer(r["solution"])[0], r["answer"]) for r in data])
+    misses = [r["unique_id"] for r, g in zip(data, grades) if not g.correct]
+    known = json.loads((Path(__file__).parent / "fixtures" / "math500_grader_misses.json").read_text())
+    assert set(misses) <= set(known), f"new misses: {set(misses) - set(known)}"
+    assert 1 - len(misses) / len(data) >= 0.99
+
+
+def test_math500_wrong_answers_are_rejected(pool):
+    data = rows("math500.jsonl")
+    pairs = [(data[i]["answer"], data[(i + 1) % len(data)]["answer"]) for i in range(len(data))]
+    distinct = [(a, b) for a, b in pairs if a.strip() != b.strip()]  # neighbours with the same answer are right
+    false_correct = sum(g.correct for g in pool.grade(distinct))
+    assert false_correct / len(distinct) <= 0.01
+
+
+def test_gsm8k_reference_solutions_grade_correct(pool):
+    data = rows("gsm8k_test.jsonl")
+    assert len(data) == 1319
+    refs = [r["answer"].split("####")[-1].strip() for r in data]
+    grades = pool.grade([(extract_answer(r["answer"])[0], ref) for r, ref in zip(data, refs)])
+    assert all(g.correct for g in grades)
+
+
+def slow_check(pred: str, ref: str) -> bool:
+    time.sleep(float(pred.split(":")[1]))  # "sleep:N"; anything else raises
+    return True
+
+
+def test_hung_check_is_killed_and_the_pool_keeps_serving():
+    with GraderPool(workers=1, timeout=1.0, fn="tests.test_grader:slow_check") as p:
+        t0 = time.monotonic()
+        grades = p.grade([("sleep:1000", "1"), ("y", "y")])  # non-numeric: goes to the worker
+        assert time.monotonic() - t0 < 10  # two worker starts plus one 1 s timeout
+        assert grades[0].status == "timeout" and not grades[0].correct
+        assert grades[1].status == "error"  # float("y") raises inside the worker: graded, not crashed
+        assert p.timeouts == 1
+
+
+def test_exponent_tower_returns_within_the_timeout(pool):
+    with GraderPool(workers=1, timeout=2.0) as p:
+        p.grade([("x", "x")])  # warm the worker (imports sympy)
+        t0 = time.monotonic()
+        grades = p.grade([("2^{2^{2^{2^{2^{2^{2}}}}}}", "3"), (r"\frac{1}{3}", r"\dfrac13")])
+        assert time.monotonic() - t0 < 2.0 + 5.0  # timeout + a worker restart
+        assert not grades[0].correct and grades[0].status in ("timeout", "ok")
+        assert grades[1].correct
