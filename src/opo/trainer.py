@@ -15,7 +15,7 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import yaml
@@ -28,7 +28,7 @@ from opo.evaluate import decode, encode, evaluate
 from opo.metrics import JsonlLogger, rollout_metrics
 from opo.models import load_model
 from opo.rollout.hf import HFEngine
-from opo.tasks import build_task
+from opo.tasks import Task, build_task
 from opo.update import StepData, policy_update
 
 
@@ -36,6 +36,11 @@ def run_dir_of(cfg: Config) -> Path:
     if cfg.checkpoint.resume and "{time}" in cfg.train.run_dir:
         raise ConfigError("checkpoint.resume=true needs an explicit train.run_dir (the run to continue)")
     return Path(cfg.train.run_dir.replace("{time}", time.strftime("%Y%m%d-%H%M%S")))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    o = cfg.optim
+    return torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
 
 
 def train(cfg: Config) -> dict[str, Any]:
@@ -56,10 +61,7 @@ def train(cfg: Config) -> dict[str, Any]:
         ref_model = load_model(cfg.model.path, cfg.model.trust_remote_code, cfg.train.seed)[0].requires_grad_(False)
     task = build_task(cfg.task)
     engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, cfg.rollout.precision, seed=cfg.train.seed)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-        weight_decay=cfg.optim.weight_decay,
-    )
+    optimizer = build_optimizer(model, cfg)
     warmup = cfg.optim.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     shuffle = torch.Generator().manual_seed(cfg.train.seed + 1)  # off-policy mini-batch order
@@ -99,56 +101,19 @@ def train(cfg: Config) -> dict[str, Any]:
         print(f"held-out accuracy before training: {summary['before']['eval/accuracy']:.1%} "
               f"({int(summary['before']['eval/n'])} problems, greedy)")
 
-    P, K = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
+    P = cfg.rollout.prompts_per_step
     bar = tqdm(range(start_step, cfg.train.steps), initial=start_step, total=cfg.train.steps,
                desc="opo train", disable=not cfg.train.progress, dynamic_ncols=True)
     for step in bar:
-        t_step = time.time()
-        # 1. Sample K completions per prompt from the current weights.
-        groups = list(range(data_pos, data_pos + P))  # a group is named by its data position
-        examples = {g: task.train_example(g) for g in groups}
-        batch = engine.generate(encode(tok, list(examples.values())), groups, K, cfg.rollout.max_new_tokens,
-                                cfg.rollout.temperature)
-        data_pos += P
-        t_gen = time.time() - t_step
-
-        # 2. Verifiable rewards.
-        t0 = time.time()
-        texts = [decode(tok, r.completion) for r in batch.rollouts]
-        graded = task.grade(texts, [examples[r.group] for r in batch.rollouts])
-        rewards = torch.tensor([g.reward for g in graded])  # (N,)
-        t_reward = time.time() - t0
-
-        # 3. Advantages (registry), 4. one on-policy update.
-        t0 = time.time()
-        prompt_list, group_index = batch.prompts()
-        completions, mask, sampler_logp = batch.completion_tensors(tok.pad_token_id)  # (N, T) each
-        group_ids = batch.group_ids()  # (N,)
-        advantages = ADVANTAGES.get(cfg.algo.advantage)(rewards, mask, group_ids, **cfg.algo.advantage_params)
-        data = StepData(prompt_list, group_index, completions, mask, sampler_logp, advantages, tok.pad_token_id)
-        update = policy_update(model, optimizer, cfg, data, ref_model, shuffle)
+        row, samples = rl_step(cfg, model, tok, engine, task, optimizer, ref_model, shuffle, data_pos)
         scheduler.step()
-        t_train = time.time() - t0
-
-        gen_tokens = float(mask.sum())
-        trained_tokens = gen_tokens + sum(len(p) for p in prompt_list)  # shared prompts count once
-        row = {
-            "step": step + 1,
-            **rollout_metrics(rewards, advantages, mask, group_ids, [r.finish for r in batch.rollouts]),
-            **update,
-            "reward/no_answer": sum(g.status == "no_answer" for g in graded) / len(graded),
-            "reward/grader_failures": float(sum(g.status in ("timeout", "error") for g in graded)),
-            "lr": scheduler.get_last_lr()[0],
-            "time/generate": t_gen, "time/reward": t_reward, "time/train": t_train,
-            "time/step": time.time() - t_step,
-            "tokens/generate_per_s": gen_tokens / t_gen, "tokens/train_per_s": trained_tokens / t_train,
-        }
+        data_pos += P
+        row = {"step": step + 1, **row, "lr": scheduler.get_last_lr()[0]}
         if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
             row.update(held_out(step + 1))
         log.log(row)
-        for text, r, g in zip(texts, batch.rollouts, graded):
-            samples_log.log({"step": step + 1, "group": r.group, "completion": text, "answer": g.answer,
-                             "reward": g.reward, "status": g.status, "finish": r.finish})
+        for sample in samples:
+            samples_log.log({"step": step + 1, **sample})
         bar.set_postfix(reward=f"{row['reward/mean']:.2f}", step_s=f"{row['time/step']:.1f}")
         (tqdm.write if cfg.train.progress else print)(_console_line(row))
 
@@ -174,6 +139,61 @@ def train(cfg: Config) -> dict[str, Any]:
     print(f"wall time {summary['wall_time_s'] / 60:.1f} min; run directory {run_dir}")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def rl_step(
+    cfg: Config,
+    model: torch.nn.Module,
+    tok: Any,
+    engine: HFEngine,
+    task: Task,
+    optimizer: torch.optim.Optimizer,
+    ref_model: Optional[torch.nn.Module],
+    shuffle: torch.Generator,
+    data_pos: int,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """One RL step on the prompts at ``data_pos``: metrics and the step's samples."""
+    P, K = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
+    t_step = time.time()
+    # 1. Sample K completions per prompt from the current weights.
+    groups = list(range(data_pos, data_pos + P))  # a group is named by its data position
+    examples = {g: task.train_example(g) for g in groups}
+    batch = engine.generate(encode(tok, list(examples.values())), groups, K, cfg.rollout.max_new_tokens,
+                            cfg.rollout.temperature)
+    t_gen = time.time() - t_step
+
+    # 2. Verifiable rewards.
+    t0 = time.time()
+    texts = [decode(tok, r.completion) for r in batch.rollouts]
+    graded = task.grade(texts, [examples[r.group] for r in batch.rollouts])
+    rewards = torch.tensor([g.reward for g in graded])  # (N,)
+    t_reward = time.time() - t0
+
+    # 3. Advantages (registry), 4. one on-policy update.
+    t0 = time.time()
+    prompt_list, group_index = batch.prompts()
+    completions, mask, sampler_logp = batch.completion_tensors(tok.pad_token_id)  # (N, T) each
+    group_ids = batch.group_ids()  # (N,)
+    advantages = ADVANTAGES.get(cfg.algo.advantage)(rewards, mask, group_ids, **cfg.algo.advantage_params)
+    data = StepData(prompt_list, group_index, completions, mask, sampler_logp, advantages, tok.pad_token_id)
+    update = policy_update(model, optimizer, cfg, data, ref_model, shuffle)
+    t_train = time.time() - t0
+
+    gen_tokens = float(mask.sum())
+    trained_tokens = gen_tokens + sum(len(p) for p in prompt_list)  # shared prompts count once
+    row = {
+        **rollout_metrics(rewards, advantages, mask, group_ids, [r.finish for r in batch.rollouts]),
+        **update,
+        "reward/no_answer": sum(g.status == "no_answer" for g in graded) / len(graded),
+        "reward/grader_failures": float(sum(g.status in ("timeout", "error") for g in graded)),
+        "time/generate": t_gen, "time/reward": t_reward, "time/train": t_train,
+        "time/step": time.time() - t_step,
+        "tokens/generated": gen_tokens, "tokens/trained": trained_tokens,
+        "tokens/generate_per_s": gen_tokens / t_gen, "tokens/train_per_s": trained_tokens / t_train,
+    }
+    samples = [{"group": r.group, "completion": text, "answer": g.answer, "reward": g.reward, "status": g.status,
+                "finish": r.finish} for text, r, g in zip(texts, batch.rollouts, graded)]
+    return row, samples
 
 
 def _console_line(row: dict[str, Any]) -> str:
