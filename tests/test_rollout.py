@@ -1,3 +1,5 @@
+import copy
+
 import torch
 
 from opo.logprobs import PromptBatch, completion_logprobs
@@ -41,3 +43,23 @@ def test_stop_token_ends_a_sequence(tiny):
     engine = HFEngine(model, list(range(len(tok))), tok.pad_token_id, "fp32")  # every token stops
     batch = engine.generate([[1, 2]], [0], 3, 5, 1.0)
     assert all(len(r.completion) == 1 and r.finish == "stop" for r in batch.rollouts)
+
+
+def test_bf16_engine_samples_from_a_synced_copy(tiny):
+    model, tok = tiny
+    policy = copy.deepcopy(model)
+    engine = HFEngine(policy, [tok.eos_token_id], tok.pad_token_id, "bf16", seed=3)
+    assert engine.model is not policy and next(engine.model.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.01)
+    engine.sync_weights()
+    for a, b in zip(engine.model.parameters(), policy.parameters()):
+        assert torch.equal(a, b.to(torch.bfloat16))
+    batch = engine.generate([[1, 5, 6, 7], [9, 10]], [0, 1], 3, 5, 1.0)
+    plist, gi = batch.prompts()
+    ids, mask, sampler = batch.completion_tensors(tok.pad_token_id)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        trainer, _ = completion_logprobs(policy, PromptBatch.from_lists(plist, tok.pad_token_id), ids, mask, gi)
+    # bf16 sampler vs the trainer's bf16 autocast: the same numerics up to op order
+    assert float(((trainer - sampler).abs() * mask).max()) < 0.1

@@ -63,7 +63,7 @@ class RolloutConfig:
     samples_per_prompt: int = doc(8, "completions sampled per prompt (K, the group size)")
     max_new_tokens: int = doc(24, "completion length limit; longer completions finish with reason 'length'")
     temperature: float = doc(1.0, "sampling temperature; the trainer scores the same tempered distribution")
-    precision: str = doc("fp32", "sampling forward: 'fp32' or 'bf16' autocast")
+    precision: str = doc("fp32", "sampling: 'fp32' (the policy itself) or 'bf16' (a bf16 copy of the policy, refreshed after every optimizer step)")
 
 
 @dataclass
@@ -202,7 +202,7 @@ class EvalConfig:
     greedy: bool = doc(True, "also decode greedily once per problem (greedy accuracy)")
     max_new_tokens: int = doc(512, "completion length limit")
     batch_size: int = doc(64, "sequences per generation call")
-    precision: str = doc("fp32", "generation forward: 'fp32' or 'bf16' autocast")
+    precision: str = doc("fp32", "generation: 'fp32' or 'bf16' (a bf16 copy of the weights)")
     seed: int = doc(0, "sampling seed")
     out_dir: str = doc("runs/eval-{time}", "where summary.json and samples.jsonl go; {time} becomes a timestamp")
 

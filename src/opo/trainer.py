@@ -177,6 +177,7 @@ def rl_step(
     advantages = ADVANTAGES.get(cfg.algo.advantage)(rewards, mask, group_ids, **cfg.algo.advantage_params)
     data = StepData(prompt_list, group_index, completions, mask, sampler_logp, advantages, tok.pad_token_id)
     update = policy_update(model, optimizer, cfg, data, ref_model, shuffle)
+    engine.sync_weights()
     t_train = time.time() - t0
 
     gen_tokens = float(mask.sum())

@@ -7,6 +7,7 @@ old log-probs, then takes one step per mini-batch per epoch with the clipped obj
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -18,7 +19,13 @@ from transformers import PreTrainedModel
 from opo.algos.losses import KL_ESTIMATORS, POLICY_LOSSES, aggregate
 from opo.config import Config
 from opo.logprobs import PromptBatch, completion_logprobs
-from opo.rollout.hf import autocast_context
+
+
+def autocast_context(precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CPU (fp32 master weights) or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 @dataclass

@@ -70,3 +70,7 @@ class Engine(Protocol):
     def generate(
         self, prompts: list[list[int]], groups: list[int], samples: int, max_new_tokens: int, temperature: float
     ) -> RolloutBatch: ...
+
+    def sync_weights(self) -> None:
+        """Make the next rollouts use the policy's current weights (called after every optimizer step)."""
+        ...

@@ -8,7 +8,7 @@ model's own ``top_k``/repetition settings, which silently break exact on-policy 
 
 from __future__ import annotations
 
-import contextlib
+import copy
 
 import torch
 from transformers import PreTrainedModel
@@ -17,15 +17,14 @@ from opo.logprobs import PromptBatch, prefill
 from opo.rollout.base import Rollout, RolloutBatch
 
 
-def autocast_context(precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU (fp32 master weights) or nothing for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 class HFEngine:
-    """Sample from a causal LM with a shared-prefix KV cache."""
+    """Sample from a causal LM with a shared-prefix KV cache.
+
+    With ``precision="bf16"`` it samples from a bf16 copy of the policy (the numerics of the
+    trainer's bf16 autocast, without re-casting every weight at every decoding step);
+    :meth:`sync_weights` refreshes the copy and must follow every optimizer step. With ``"fp32"``
+    it samples from the policy itself.
+    """
 
     def __init__(
         self,
@@ -36,17 +35,25 @@ class HFEngine:
         top_p: float = 1.0,
         seed: int = 0,
     ) -> None:
-        self.model = model
+        self.policy = model
+        self.model = copy.deepcopy(model).to(torch.bfloat16).requires_grad_(False) if precision == "bf16" else model
         self.stop_ids = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
         self.pad_id = pad_id
         self.precision = precision
         self.top_p = top_p
         self.generator = torch.Generator().manual_seed(seed)
 
+    @torch.no_grad()
+    def sync_weights(self) -> None:
+        """Copy the policy's current weights into the sampling copy (a no-op in fp32)."""
+        if self.model is not self.policy:
+            for dst, src in zip(self.model.parameters(), self.policy.parameters()):
+                dst.copy_(src)
+
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         head = self.model.get_output_embeddings()
         with torch.autocast(device_type="cpu", enabled=False):
-            return torch.nn.functional.linear(hidden.float(), head.weight)  # (A, V) fp32, as the trainer
+            return torch.nn.functional.linear(hidden.float(), head.weight.float())  # (A, V) fp32, as the trainer
 
     def _sample(self, logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Next tokens ``(A,)`` and their log-probs under the distribution sampled from ``(A,)``."""
@@ -77,38 +84,37 @@ class HFEngine:
         tokens: list[list[int]] = [[] for _ in range(n)]
         logps: list[list[float]] = [[] for _ in range(n)]
         finish = ["length"] * n
-        with autocast_context(self.precision):
-            last_hidden, cache = prefill(self.model, batch)
-            logits = self._logits(last_hidden)[row]  # (N, V)
-            cache.batch_select_indices(row)
-            attn = batch.mask[row]  # (N, Lp + t)
-            pos = batch.lengths[row]  # (N,) position of the next token
-            active = torch.arange(n)  # sample index of each live row
-            for step in range(max_new_tokens):
-                tok, lp = self._sample(logits, temperature)
-                for i, t, l in zip(active.tolist(), tok.tolist(), lp.tolist()):
-                    tokens[i].append(t)
-                    logps[i].append(l)
-                done = torch.isin(tok, self.stop_ids)
-                for i in active[done].tolist():
-                    finish[i] = "stop"
-                keep = ~done
-                if step == max_new_tokens - 1 or not keep.any():
-                    break
-                if not keep.all():  # stop computing finished sequences
-                    idx = keep.nonzero().squeeze(-1)
-                    cache.batch_select_indices(idx)
-                    active, tok, attn, pos = active[idx], tok[idx], attn[idx], pos[idx]
-                attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-                out = self.model.get_decoder()(
-                    input_ids=tok.unsqueeze(-1),
-                    attention_mask=attn,
-                    position_ids=pos.unsqueeze(-1),
-                    past_key_values=cache,
-                    use_cache=True,
-                )
-                logits = self._logits(out.last_hidden_state[:, -1])
-                pos = pos + 1
+        last_hidden, cache = prefill(self.model, batch)
+        logits = self._logits(last_hidden)[row]  # (N, V)
+        cache.batch_select_indices(row)
+        attn = batch.mask[row]  # (N, Lp + t)
+        pos = batch.lengths[row]  # (N,) position of the next token
+        active = torch.arange(n)  # sample index of each live row
+        for step in range(max_new_tokens):
+            tok, lp = self._sample(logits, temperature)
+            for i, t, l in zip(active.tolist(), tok.tolist(), lp.tolist()):
+                tokens[i].append(t)
+                logps[i].append(l)
+            done = torch.isin(tok, self.stop_ids)
+            for i in active[done].tolist():
+                finish[i] = "stop"
+            keep = ~done
+            if step == max_new_tokens - 1 or not keep.any():
+                break
+            if not keep.all():  # stop computing finished sequences
+                idx = keep.nonzero().squeeze(-1)
+                cache.batch_select_indices(idx)
+                active, tok, attn, pos = active[idx], tok[idx], attn[idx], pos[idx]
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+            out = self.model.get_decoder()(
+                input_ids=tok.unsqueeze(-1),
+                attention_mask=attn,
+                position_ids=pos.unsqueeze(-1),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logits = self._logits(out.last_hidden_state[:, -1])
+            pos = pos + 1
         rollouts = [
             Rollout(prompts[row[i]], tokens[i], logps[i], finish[i], groups[row[i]]) for i in range(n)
         ]
