@@ -171,7 +171,6 @@ WORKERS = {"opo": worker_opo, "trl": worker_trl, "generate": worker_generate}
 
 
 def run_worker(kind: str, size: str, steps: int, start: int) -> dict:
-    p, k, t = SIZES[size]
     cmd = [sys.executable, __file__, "--worker", kind, "--size", size, "--steps", str(steps), "--start", str(start)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -48,6 +48,8 @@ def test_train_writes_metrics_checkpoint_and_summary(tmp_path):
                 "time/reward", "time/train", "tokens/generate_per_s", "tokens/train_per_s"):
         assert key in rows[1], key
     assert "eval/accuracy" in rows[2]
+    all_rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in all_rows] == [0, 1, 2, 3, 3]  # before, steps (step 2 carries its eval), after
     assert abs(rows[1]["adv/mean"]) < 1e-6  # OPO: token advantages of each group sum to zero
     summary = json.loads((run / "summary.json").read_text())
     assert {"before", "after", "wall_time_s"} <= set(summary)

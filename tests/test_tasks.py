@@ -47,6 +47,7 @@ def test_bad_generator_args_name_the_generator():
     ("The answer is 12.", "12", "12"),
     ("-4", "-4", "-4"),
     ("1,000 plus 2.5", "1000", "2.5"),
+    ("costs .5 or -.25", ".5", "-.25"),
     ("no digits", None, None),
 ])
 def test_number_extractors(text, first, last):

@@ -87,17 +87,17 @@ def train(cfg: Config) -> dict[str, Any]:
     log = JsonlLogger(run_dir / "metrics.jsonl")
     samples_log = JsonlLogger(run_dir / "samples.jsonl")
 
-    def held_out(step: int) -> dict[str, float]:
+    def held_out() -> dict[str, float]:
         t0 = time.time()
         ks = tuple(k for k in cfg.train.eval_k if k <= cfg.train.eval_n)
         result, _ = evaluate(engine, tok, task, n=cfg.train.eval_n, ks=ks, temperature=cfg.train.eval_temperature,
                              max_new_tokens=cfg.train.eval_max_new_tokens)
         result["time/eval"] = time.time() - t0
-        log.log({"step": step, **result})
         return result
 
     if start_step == 0 and cfg.train.eval_before:
-        summary["before"] = held_out(0)
+        summary["before"] = held_out()
+        log.log({"step": 0, **summary["before"]})
         print(f"held-out accuracy before training: {summary['before']['eval/accuracy']:.1%} "
               f"({int(summary['before']['eval/n'])} problems, greedy)")
 
@@ -110,7 +110,7 @@ def train(cfg: Config) -> dict[str, Any]:
         data_pos += P
         row = {"step": step + 1, **row, "lr": scheduler.get_last_lr()[0]}
         if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
-            row.update(held_out(step + 1))
+            row.update(held_out())  # logged with the step's row
         log.log(row)
         for sample in samples:
             samples_log.log({"step": step + 1, **sample})
@@ -127,7 +127,8 @@ def train(cfg: Config) -> dict[str, Any]:
             checkpoint.save(ckpt_root, step + 1, model, tok, state, cfg.to_dict(), cfg.checkpoint.keep)
     bar.close()
 
-    summary["after"] = held_out(cfg.train.steps)
+    summary["after"] = held_out()
+    log.log({"step": cfg.train.steps, **summary["after"]})
     task.close()
     summary["wall_time_s"] = time.time() - started
     summary["run_dir"] = str(run_dir)

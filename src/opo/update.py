@@ -68,9 +68,14 @@ def micro_batches(data: StepData, groups: list[int], token_budget: int) -> list[
     return out
 
 
+def _rows(data: StepData, groups: list[int]) -> torch.Tensor:
+    """Indices ``(n,)`` of the completions that belong to ``groups``, group by group."""
+    return torch.cat([(data.group_index == g).nonzero().squeeze(-1) for g in groups])
+
+
 def _select(data: StepData, groups: list[int]) -> tuple[PromptBatch, torch.Tensor, torch.Tensor]:
     """Prompt batch, row indices ``(n,)`` and per-row prompt index ``(n,)`` of some groups."""
-    rows = torch.cat([(data.group_index == g).nonzero().squeeze(-1) for g in groups])
+    rows = _rows(data, groups)
     remap = {g: i for i, g in enumerate(groups)}
     local = torch.tensor([remap[int(g)] for g in data.group_index[rows]], dtype=torch.long)
     return PromptBatch.from_lists([data.prompts[g] for g in groups], data.pad_id), rows, local
@@ -125,7 +130,7 @@ def policy_update(
         size = n_groups // cfg.algo.mini_batches
         for start in range(0, n_groups, size):
             mini = order[start : start + size]
-            rows_all = torch.cat([(data.group_index == g).nonzero().squeeze(-1) for g in mini])
+            rows_all = _rows(data, mini)
             # Normalisers of the whole mini-batch, so micro-batching leaves the gradient unchanged.
             n_tokens = float(data.mask[rows_all].sum())
             n_seqs = float(len(rows_all))

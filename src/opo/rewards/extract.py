@@ -10,7 +10,7 @@ from opo.registry import Registry
 Extractor = Callable[[str], Optional[str]]
 EXTRACTORS: Registry[Extractor] = Registry("answer extractor")
 
-_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+_NUMBER = re.compile(r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)")
 
 
 @EXTRACTORS.register("first_number")

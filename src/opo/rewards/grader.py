@@ -19,9 +19,10 @@ from decimal import Decimal, InvalidOperation
 from multiprocessing.connection import wait
 from typing import Callable, Optional
 
+from opo.rewards.extract import last_number
+
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _GSM8K = re.compile(r"####\s*([^\n]+)")
-_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
 
 
 def extract_boxed(text: str) -> Optional[str]:
@@ -49,14 +50,9 @@ def extract_gsm8k(text: str) -> Optional[str]:
     return found[-1].strip().replace(",", "").rstrip(".") if found else None
 
 
-def extract_last_number(text: str) -> Optional[str]:
-    found = _NUMBER.findall(text)
-    return found[-1].replace(",", "") if found else None
-
-
 EXTRACTION_ORDER = ("boxed", "gsm8k", "last_number")
 _EXTRACT: dict[str, Callable[[str], Optional[str]]] = {
-    "boxed": extract_boxed, "gsm8k": extract_gsm8k, "last_number": extract_last_number,
+    "boxed": extract_boxed, "gsm8k": extract_gsm8k, "last_number": last_number,
 }
 
 

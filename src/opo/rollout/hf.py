@@ -31,7 +31,7 @@ class HFEngine:
         model: PreTrainedModel,
         stop_ids: list[int],
         pad_id: int,
-        precision: str = "bf16",
+        precision: str = "fp32",
         top_p: float = 1.0,
         seed: int = 0,
     ) -> None:
@@ -39,7 +39,6 @@ class HFEngine:
         self.model = copy.deepcopy(model).to(torch.bfloat16).requires_grad_(False) if precision == "bf16" else model
         self.stop_ids = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
         self.pad_id = pad_id
-        self.precision = precision
         self.top_p = top_p
         self.generator = torch.Generator().manual_seed(seed)
 

@@ -90,9 +90,9 @@ class MathTask:
         self.name = name
         self.path = Path(path) if path else DATA_DIR / preset.path
         self.breakdown = preset.breakdown
-        self.rows = load_rows(self.path, question_field or preset.question_field, answer_field or preset.answer_field,
-                              answer_format or preset.answer_format)
         self.question_field = question_field or preset.question_field
+        self.rows = load_rows(self.path, self.question_field, answer_field or preset.answer_field,
+                              answer_format or preset.answer_format)
         self.prompt_template = prompt_template or MATH_PROMPT
         self.system_prompt = system_prompt
         self.methods = EXTRACTION[extractor or "math"]
