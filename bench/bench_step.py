@@ -53,12 +53,12 @@ def matmul_peak_gflops(dtype_name: str, n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
-def opo_config(prompts: int, samples: int, tokens: int):
+def opo_config(prompts: int, samples: int, tokens: int, overrides: tuple[str, ...] = ()):
     from opo.config import load_config
 
     return load_config(None, [
         f"rollout.prompts_per_step={prompts}", f"rollout.samples_per_prompt={samples}",
-        f"rollout.max_new_tokens={tokens}", f"optim.lr={LR}", "train.progress=false",
+        f"rollout.max_new_tokens={tokens}", f"optim.lr={LR}", "train.progress=false", *overrides,
     ])
 
 

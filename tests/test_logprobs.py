@@ -47,15 +47,54 @@ def test_shared_prefix_matches_unshared_logprobs_and_gradients(tiny):
         assert torch.allclose(g_shared[n], p.grad, atol=1e-6 * scale, rtol=0), n
 
 
-def test_chunked_head_matches_full_softmax(tiny):
-    model, _ = tiny
-    hidden = torch.randn(11, model.config.hidden_size)
-    targets = torch.randint(0, model.config.vocab_size, (11,))
-    logp, ent = head_logprobs(model, hidden, targets, temperature=1.3, chunk_size=4)
-    logits = model.get_output_embeddings()(hidden) / 1.3
-    full = logits.log_softmax(-1)
-    assert torch.allclose(logp, full.gather(-1, targets.unsqueeze(-1)).squeeze(-1), atol=1e-5)
-    assert torch.allclose(ent, -(full.exp() * full).sum(-1), atol=1e-4)
+def test_chunked_head_matches_full_softmax_values_and_gradients(tiny):
+    # float64: the hand-written backward must equal autograd through a full log-softmax
+    head = copy.deepcopy(tiny[0]).double()
+    hidden = torch.randn(11, head.config.hidden_size, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, head.config.vocab_size, (11,))
+    g_lp, g_ent = torch.randn(11, dtype=torch.float64), torch.randn(11, dtype=torch.float64)
+    weight = head.get_output_embeddings().weight
+
+    logp, ent = head_logprobs(head, hidden, targets, temperature=1.3, chunk_size=4, with_entropy_grad=True)
+    (logp * g_lp + ent * g_ent).sum().backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad, weight.grad = None, None
+
+    full = (head.get_output_embeddings()(hidden) / 1.3).log_softmax(-1)  # (11, V)
+    ref_lp = full.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    ref_ent = -(full.exp() * full).sum(-1)
+    (ref_lp * g_lp + ref_ent * g_ent).sum().backward()
+    assert torch.allclose(logp, ref_lp, atol=1e-12)
+    assert torch.allclose(ent, ref_ent, atol=1e-12)
+    assert torch.allclose(grads[0], hidden.grad, atol=1e-12)
+    assert torch.allclose(grads[1], weight.grad, atol=1e-12)
+
+
+def test_entropy_carries_no_gradient_unless_asked(tiny):
+    model = tiny[0]
+    hidden = torch.randn(5, model.config.hidden_size, requires_grad=True)
+    targets = torch.randint(0, model.config.vocab_size, (5,))
+    logp, ent = head_logprobs(model, hidden, targets)
+    assert logp.requires_grad and not ent.requires_grad
+
+
+def test_length_buckets_match_one_padded_batch(tiny):
+    # Completions sorted into length buckets (no compute on most padding) vs one padded batch: same
+    # log-probs and same gradients, in float64.
+    model, tok = copy.deepcopy(tiny[0]).double(), tiny[1]
+    prompts, completions, mask, gi = batch(tok)
+    pb = PromptBatch.from_lists(prompts, tok.pad_token_id)
+    adv = torch.randn(mask.shape, dtype=torch.float64)
+    results = []
+    for bucket_tokens in (1, 10**6):  # 1: every completion its own bucket; 10**6: one bucket
+        model.zero_grad()
+        logp, ent = completion_logprobs(model, pb, completions, mask, gi, bucket_tokens=bucket_tokens)
+        (logp * adv * mask).sum().backward()
+        results.append((logp, ent, [p.grad.clone() for p in model.parameters()]))
+    (lp1, en1, g1), (lp2, en2, g2) = results
+    assert torch.allclose(lp1, lp2, atol=1e-12) and torch.allclose(en1, en2, atol=1e-10)
+    for a, b in zip(g1, g2):
+        assert torch.allclose(a, b, atol=1e-10 * float(b.abs().max()), rtol=0)
 
 
 def test_bf16_logprobs_stay_close_to_fp32(tiny):

@@ -3,7 +3,7 @@ import copy
 import torch
 
 from opo.logprobs import PromptBatch, completion_logprobs
-from opo.rollout.hf import HFEngine
+from opo.rollout.hf import HFEngine, sample_categorical
 
 
 def test_greedy_matches_transformers_generate(tiny):
@@ -63,3 +63,17 @@ def test_bf16_engine_samples_from_a_synced_copy(tiny):
         trainer, _ = completion_logprobs(policy, PromptBatch.from_lists(plist, tok.pad_token_id), ids, mask, gi)
     # bf16 sampler vs the trainer's bf16 autocast: the same numerics up to op order
     assert float(((trainer - sampler).abs() * mask).max()) < 0.1
+
+
+def test_inverse_cdf_sampling_draws_from_the_distribution():
+    # V = 2500 is not a multiple of the block; most tokens have probability zero
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.zeros(2500)
+    probs[[3, 1023, 1024, 1500, 2499]] = torch.tensor([0.05, 0.15, 0.3, 0.2, 0.3])
+    draws = sample_categorical(probs.expand(40000, -1), gen).view(-1)
+    counts = torch.bincount(draws, minlength=2500).double()
+    assert set(counts.nonzero().view(-1).tolist()) <= {3, 1023, 1024, 1500, 2499}
+    expected = probs.double() * 40000
+    hit = expected > 0
+    chi2 = float(((counts[hit] - expected[hit]) ** 2 / expected[hit]).sum())
+    assert chi2 < 18.5  # chi-square, 4 degrees of freedom, p = 0.001

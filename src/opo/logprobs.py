@@ -3,8 +3,10 @@
 The K completions of one prompt share that prompt's forward pass: the prompts run once with a
 KV cache, the cache rows are gathered per completion, and the completions attend to them. The
 gather is differentiable, so gradients flow into the prompt pass exactly as in the unshared
-computation (tests/test_logprobs.py checks this in fp32). Logits are only computed for response
-positions, in chunks, under activation checkpointing: no ``(N, T, V)`` fp32 tensor ever exists.
+computation. Completions run in buckets of similar length, so little compute goes to padding.
+Logits exist only for response positions, one chunk at a time, with a hand-written backward:
+no ``(N, T, V)`` tensor ever exists. tests/test_logprobs.py checks each of these against the
+plain computation in fp64.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, PreTrainedModel
 
 
@@ -50,53 +51,129 @@ def prefill(model: PreTrainedModel, prompts: PromptBatch) -> tuple[torch.Tensor,
     return out.last_hidden_state[:, -1], out.past_key_values
 
 
+class _ChunkedHead(torch.autograd.Function):
+    """Target log-prob and entropy per row from hidden states, one chunk of logits at a time.
+
+    Forward keeps only the hidden states, each row's log-normaliser and entropy; backward
+    recomputes a chunk's logits ``z`` ``(C, V)`` and applies the closed forms (p = softmax(z), H
+    its entropy)
+        d logp_y / dz = onehot(y) - p,        dH / dz = -p * (log p + H),
+    so no ``(M, V)`` tensor and no autograd graph of the log-softmax is stored. Chunks are small
+    (128 rows, ~25 MB of fp32 logits) because elementwise passes over a cache-sized block and a
+    reused allocation run several times faster than over one large freshly mapped block.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, dtype):  # type: ignore[override]
+        logps, ents, lses = [], [], []
+        for start in range(0, hidden.shape[0], chunk_size):
+            z = _chunk_logits(hidden[start : start + chunk_size], weight, bias, temperature, dtype)  # (C, V)
+            m = z.amax(-1, keepdim=True)  # (C, 1)
+            e = (z - m).exp_()  # (C, V) unnormalised probabilities
+            total = e.sum(-1)  # (C,)
+            lse = m.squeeze(-1) + total.log()
+            y = targets[start : start + chunk_size]
+            logps.append(z.gather(-1, y.unsqueeze(-1)).squeeze(-1) - lse)
+            expected_z = torch.bmm(e.unsqueeze(1), z.unsqueeze(2)).view(-1) / total  # sum_v p_v z_v
+            ents.append(lse - expected_z)
+            lses.append(lse)
+        logp, ent, lse = torch.cat(logps), torch.cat(ents), torch.cat(lses)  # (M,) each
+        ctx.save_for_backward(hidden, weight, bias, targets, lse, ent)
+        ctx.temperature, ctx.chunk_size, ctx.dtype = temperature, chunk_size, dtype
+        ctx.set_materialize_grads(False)  # an unused output (usually the entropy) costs nothing in backward
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, g_logp, g_ent):  # type: ignore[override]
+        hidden, weight, bias, targets, lse, ent = ctx.saved_tensors
+        dtype, tau = ctx.dtype, ctx.temperature
+        acc = lse.dtype  # softmax arithmetic: fp32 at least
+        # z = (h W^T + b) / tau: fold 1/tau into the incoming gradients
+        g_logp = (torch.zeros_like(lse) if g_logp is None else g_logp.to(acc)) / tau
+        g_ent = None if g_ent is None else g_ent.to(acc) / tau
+        w = weight.to(dtype)
+        g_hidden = torch.empty_like(hidden)
+        g_weight = torch.zeros(weight.shape, dtype=acc)
+        g_bias = None if bias is None else torch.zeros(bias.shape, dtype=acc)
+        for start in range(0, hidden.shape[0], ctx.chunk_size):
+            sl = slice(start, start + ctx.chunk_size)
+            h = hidden[sl].to(dtype)
+            logp_all = _chunk_logits(h, weight, bias, tau, dtype).sub_(lse[sl].unsqueeze(-1))  # (C, V)
+            if g_ent is None:
+                g_z = logp_all.exp_().mul_(-g_logp[sl].unsqueeze(-1))  # -p g
+            else:
+                p = logp_all.exp()
+                coeff = logp_all.add_(ent[sl].unsqueeze(-1)).mul_(-g_ent[sl].unsqueeze(-1))  # -(log p + H) g_H
+                g_z = p.mul_(coeff.sub_(g_logp[sl].unsqueeze(-1)))
+            g_z.scatter_add_(-1, targets[sl].unsqueeze(-1), g_logp[sl].unsqueeze(-1))
+            if g_bias is not None:
+                g_bias += g_z.sum(0)
+            g_z = g_z.to(dtype)
+            with torch.autocast(device_type=h.device.type, enabled=False):
+                g_hidden[sl] = (g_z @ w).to(hidden.dtype)
+                if dtype == acc:
+                    g_weight.addmm_(g_z.T, h)  # in place: no (V, H) temporary per chunk
+                else:
+                    g_weight += (g_z.T @ h).to(acc)
+        g_bias = None if g_bias is None else g_bias.to(bias.dtype)
+        return g_hidden, g_weight.to(weight.dtype), g_bias, None, None, None, None
+
+
+def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias, temperature: float, dtype: torch.dtype) -> torch.Tensor:
+    """Logits ``(C, V)`` for hidden states ``(C, H)``: the matmul in ``dtype``, the result in fp32 at least."""
+    with torch.autocast(device_type=h.device.type, enabled=False):
+        z = F.linear(h.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+    z = z.to(torch.promote_types(dtype, torch.float32))
+    return z / temperature if temperature != 1.0 else z
+
+
 def head_logprobs(
     model: PreTrainedModel,
     hidden: torch.Tensor,
     targets: torch.Tensor,
     temperature: float = 1.0,
-    chunk_size: int = 1024,
+    chunk_size: int = 128,
     fp32_head: bool = True,
     with_entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of ``targets`` ``(M,)`` and entropy ``(M,)`` from final hidden states ``(M, H)``.
 
     Logits are scaled by 1/temperature so the trainer scores the distribution the sampler drew
-    from. Each chunk's logits are recomputed in backward instead of stored. The entropy carries
-    gradient only when ``with_entropy_grad`` (an entropy bonus is on).
+    from. The output layer runs in fp32 (fp64 for an fp64 model) when ``fp32_head``, else in the
+    autocast dtype with an fp32 log-softmax. The entropy carries gradient only when
+    ``with_entropy_grad`` (an entropy bonus is on).
     """
     head = model.get_output_embeddings()
-
-    def chunk_fn(h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = torch.promote_types(head.weight.dtype, torch.float32)  # fp32, or fp64 in exactness tests
-        if fp32_head:
-            with torch.autocast(device_type=h.device.type, enabled=False):
-                logits = F.linear(h.to(dtype), head.weight.to(dtype), None if head.bias is None else head.bias.to(dtype))
-        else:
-            logits = head(h).to(dtype)
-        logits = logits / temperature  # (C, V)
-        lse = torch.logsumexp(logits, dim=-1)  # (C,)
-        logp = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - lse
-        if with_entropy_grad:
-            ent = lse - (logits.softmax(-1) * logits).sum(-1)
-        else:
-            with torch.no_grad():
-                ent = lse - (logits.softmax(-1) * logits).sum(-1)
-        return logp, ent
-
-    logps, ents = [], []
-    for start in range(0, hidden.shape[0], chunk_size):
-        h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-        if torch.is_grad_enabled() and h.requires_grad:
-            lp, en = checkpoint(chunk_fn, h, y, use_reentrant=False)
-        else:
-            lp, en = chunk_fn(h, y)
-        logps.append(lp)
-        ents.append(en)
-    if not logps:
-        empty = hidden.new_zeros(0, dtype=torch.promote_types(hidden.dtype, torch.float32))
+    dtype = torch.promote_types(head.weight.dtype, torch.float32)
+    if not fp32_head and torch.is_autocast_enabled(hidden.device.type):
+        dtype = torch.get_autocast_dtype(hidden.device.type)
+    if hidden.shape[0] == 0:
+        empty = hidden.new_zeros(0, dtype=torch.promote_types(dtype, torch.float32))
         return empty, empty
-    return torch.cat(logps), torch.cat(ents)
+    logp, ent = _ChunkedHead.apply(hidden, head.weight, head.bias, targets, temperature, chunk_size, dtype)
+    return logp, ent if with_entropy_grad else ent.detach()
+def length_buckets(lengths: torch.Tensor, bucket_tokens: int) -> list[torch.Tensor]:
+    """Row indices grouped so that rows of similar length share a forward pass.
+
+    Rows are sorted by length (longest first) and cut into buckets of at most ``bucket_tokens``
+    padded tokens (rows x longest row); padding is then only the spread of lengths within a bucket.
+    """
+    order = lengths.argsort(descending=True, stable=True).tolist()
+    buckets: list[list[int]] = []
+    for i in order:
+        if buckets and (len(buckets[-1]) + 1) * int(lengths[buckets[-1][0]]) <= bucket_tokens:
+            buckets[-1].append(i)
+        else:
+            buckets.append([i])
+    return [torch.tensor(b, dtype=torch.long) for b in buckets]
+
+
+def _select_cache(cache: DynamicCache, rows: torch.Tensor, config) -> DynamicCache:
+    """A new cache holding rows ``rows`` of ``cache`` (differentiable; ``cache`` is left as is)."""
+    out = DynamicCache(config=config)
+    for i, layer in enumerate(cache.layers):
+        out.update(layer.keys[rows], layer.values[rows], i)
+    return out
 
 
 def completion_logprobs(
@@ -106,32 +183,48 @@ def completion_logprobs(
     mask: torch.Tensor,
     group_index: torch.Tensor,
     temperature: float = 1.0,
-    chunk_size: int = 1024,
+    chunk_size: int = 128,
     fp32_head: bool = True,
     with_entropy_grad: bool = False,
+    bucket_tokens: int = 2048,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs and entropies ``(N, T)`` of right-padded ``completions`` ``(N, T)``.
 
     ``group_index`` ``(N,)`` gives each completion's row in ``prompts``; ``mask`` ``(N, T)`` marks
-    real completion tokens (zeros are returned elsewhere).
+    real completion tokens (zeros are returned elsewhere). The prompts run once; the completions
+    run in length buckets (see :func:`length_buckets`), each attending to its rows of the prompt cache.
     """
     n, t = completions.shape
     last_hidden, cache = prefill(model, prompts)  # (G, H)
-    hidden = last_hidden[group_index].unsqueeze(1)  # (N, 1, H): predicts the first completion token
-    if t > 1:
-        cache.batch_select_indices(group_index)
-        inputs = completions[:, :-1]  # (N, T-1)
-        # Right padding after EOS is harmless under causal attention: real tokens never see it.
-        attn = torch.cat([prompts.mask[group_index], torch.ones_like(inputs)], dim=1)
-        positions = prompts.lengths[group_index].unsqueeze(1) + torch.arange(t - 1).unsqueeze(0)
-        out = model.get_decoder()(
-            input_ids=inputs, attention_mask=attn, position_ids=positions, past_key_values=cache, use_cache=True
-        )
-        hidden = torch.cat([hidden, out.last_hidden_state], dim=1)  # (N, T, H)
-    sel = mask.bool()
+    lengths = mask.sum(-1).long()  # (N,)
+    hiddens, targets, dest = [], [], []
+    for rows in length_buckets(lengths, bucket_tokens):
+        w = int(lengths[rows[0]])  # the bucket's longest completion
+        if w == 0:
+            continue
+        g = group_index[rows]
+        hidden = last_hidden[g].unsqueeze(1)  # (b, 1, H): predicts the first completion token
+        if w > 1:
+            inputs = completions[rows, : w - 1]  # (b, w-1)
+            # Right padding after a short row's end is harmless under causal attention.
+            attn = torch.cat([prompts.mask[g], torch.ones_like(inputs)], dim=1)
+            positions = prompts.lengths[g].unsqueeze(1) + torch.arange(w - 1).unsqueeze(0)
+            out = model.get_decoder()(
+                input_ids=inputs, attention_mask=attn, position_ids=positions,
+                past_key_values=_select_cache(cache, g, model.config), use_cache=True,
+            )
+            hidden = torch.cat([hidden, out.last_hidden_state], dim=1)  # (b, w, H)
+        sel = mask[rows, :w].bool()  # (b, w)
+        hiddens.append(hidden[sel])
+        targets.append(completions[rows, :w][sel])
+        dest.append((rows.unsqueeze(1) * t + torch.arange(w).unsqueeze(0))[sel])  # flat (row, position)
+    if not hiddens:
+        zeros = torch.zeros((n, t))
+        return zeros, zeros
     logp_flat, ent_flat = head_logprobs(
-        model, hidden[sel], completions[sel], temperature, chunk_size, fp32_head, with_entropy_grad
+        model, torch.cat(hiddens), torch.cat(targets), temperature, chunk_size, fp32_head, with_entropy_grad
     )
-    logp = logp_flat.new_zeros((n, t)).masked_scatter(sel, logp_flat)
-    ent = ent_flat.new_zeros((n, t)).masked_scatter(sel, ent_flat)
+    dest_all = torch.cat(dest)
+    logp = logp_flat.new_zeros(n * t).scatter(0, dest_all, logp_flat).view(n, t)
+    ent = ent_flat.new_zeros(n * t).scatter(0, dest_all, ent_flat).view(n, t)
     return logp, ent
