@@ -67,12 +67,14 @@ def worker_opo(prompts: int, samples: int, tokens: int, steps: int, start: int) 
 
     from opo.models import load_model
     from opo.rollout.hf import HFEngine
+    from opo.runtime import reuse_large_allocations
     from opo.tasks import build_task
     from opo.trainer import build_optimizer, rl_step
 
+    reuse_large_allocations()  # what `opo train` does at start
     cfg = opo_config(prompts, samples, tokens)
     torch.manual_seed(0)
-    model, tok = load_model("embedded")
+    model, tok = load_model("embedded", attention=cfg.model.attention)
     task = build_task(cfg.task)
     engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, cfg.rollout.precision, seed=0)
     optimizer = build_optimizer(model, cfg)

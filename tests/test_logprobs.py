@@ -17,6 +17,14 @@ def unshared_logprobs(model, prompts, completions, mask, group_index, temperatur
     return out
 
 
+def fp64(model):
+    """A float64 copy: any disagreement is then a real difference, not rounding. Attention is sdpa,
+    because in float64 eager attention's mask saturates to -inf on left-padding rows (NaN)."""
+    model = copy.deepcopy(model).double()
+    model.set_attn_implementation("sdpa")
+    return model
+
+
 def batch(tok):
     prompts = [[tok.bos_token_id or 1, 5, 6, 7, 8], [9, 10, 11]]  # different lengths: left padding matters
     completions = torch.tensor([[20, 21, 22, 2], [23, 2, 0, 0], [24, 25, 26, 27], [28, 0, 0, 0]])
@@ -27,7 +35,7 @@ def batch(tok):
 
 def test_shared_prefix_matches_unshared_logprobs_and_gradients(tiny):
     # float64, so any disagreement is a real difference, not rounding
-    model, tok = copy.deepcopy(tiny[0]).double(), tiny[1]
+    model, tok = fp64(tiny[0]), tiny[1]
     prompts, completions, mask, gi = batch(tok)
     pb = PromptBatch.from_lists(prompts, tok.pad_token_id)
     adv = torch.randn(mask.shape, dtype=torch.float64)
@@ -49,7 +57,7 @@ def test_shared_prefix_matches_unshared_logprobs_and_gradients(tiny):
 
 def test_chunked_head_matches_full_softmax_values_and_gradients(tiny):
     # float64: the hand-written backward must equal autograd through a full log-softmax
-    head = copy.deepcopy(tiny[0]).double()
+    head = fp64(tiny[0])
     hidden = torch.randn(11, head.config.hidden_size, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, head.config.vocab_size, (11,))
     g_lp, g_ent = torch.randn(11, dtype=torch.float64), torch.randn(11, dtype=torch.float64)
@@ -81,7 +89,7 @@ def test_entropy_carries_no_gradient_unless_asked(tiny):
 def test_length_buckets_match_one_padded_batch(tiny):
     # Completions sorted into length buckets (no compute on most padding) vs one padded batch: same
     # log-probs and same gradients, in float64.
-    model, tok = copy.deepcopy(tiny[0]).double(), tiny[1]
+    model, tok = fp64(tiny[0]), tiny[1]
     prompts, completions, mask, gi = batch(tok)
     pb = PromptBatch.from_lists(prompts, tok.pad_token_id)
     adv = torch.randn(mask.shape, dtype=torch.float64)

@@ -7,6 +7,7 @@ import sys
 from typing import Optional
 
 from opo.config import ConfigError, EvalConfig, describe, load_config, load_eval_config
+from opo.runtime import reuse_large_allocations
 
 USAGE = """opo: on-policy RL for language models with verifiable rewards (OPO, arXiv 2505.23585)
 
@@ -47,6 +48,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if ns.command is None:
         parser.print_help()
         return 0
+    reuse_large_allocations()  # a process-wide choice, so the CLI (not the library) makes it
     try:
         config_path, overrides = _split_args(ns.settings)
         if ns.command == "train":

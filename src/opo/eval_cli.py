@@ -19,7 +19,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, float]:
     started = time.time()
     out_dir = Path(cfg.out_dir.replace("{time}", time.strftime("%Y%m%d-%H%M%S")))
     torch.manual_seed(cfg.seed)
-    model, tok = load_model(cfg.model.path, cfg.model.trust_remote_code, cfg.seed)
+    model, tok = load_model(cfg.model.path, cfg.model.trust_remote_code, cfg.seed, cfg.model.attention)
     model.eval()
     task = build_task(cfg.task)
     engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, cfg.precision, seed=cfg.seed)

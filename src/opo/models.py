@@ -105,8 +105,10 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
     return tok
 
 
-def load_model(path: str, trust_remote_code: bool = False, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load (policy, tokenizer) in fp32 for training."""
+def load_model(
+    path: str, trust_remote_code: bool = False, seed: int = 0, attention: str = "eager"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load (policy, tokenizer) in fp32 for training, with the ``attention`` kernel ('eager' or 'sdpa')."""
     tok = load_tokenizer(path, trust_remote_code)
     if path == "tiny":
         model = tiny_model(tok, seed)
@@ -115,6 +117,7 @@ def load_model(path: str, trust_remote_code: bool = False, seed: int = 0) -> tup
             _resolve(path), dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=None
         )
     model.config.use_cache = True
+    model.set_attn_implementation(attention)
     return model, tok
 
 

@@ -57,10 +57,11 @@ def train(cfg: Config) -> dict[str, Any]:
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     torch.use_deterministic_algorithms(cfg.train.deterministic)
-    model, tok = load_model(str(resume_from) if resume_from else cfg.model.path, cfg.model.trust_remote_code, cfg.train.seed)
+    m = cfg.model
+    model, tok = load_model(str(resume_from) if resume_from else m.path, m.trust_remote_code, cfg.train.seed, m.attention)
     ref_model = None
     if cfg.algo.kl_coef > 0:  # the reference is the initial policy, also after a resume
-        ref_model = load_model(cfg.model.path, cfg.model.trust_remote_code, cfg.train.seed)[0].requires_grad_(False)
+        ref_model = load_model(m.path, m.trust_remote_code, cfg.train.seed, m.attention)[0].requires_grad_(False)
     task = build_task(cfg.task)
     engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, cfg.rollout.precision, seed=cfg.train.seed)
     optimizer = build_optimizer(model, cfg)
