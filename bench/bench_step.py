@@ -137,35 +137,41 @@ def worker_trl(prompts: int, samples: int, tokens: int, steps: int, start: int) 
 
 
 def worker_generate(prompts: int, samples: int, tokens: int, steps: int, start: int) -> dict:
-    """Rollout tokens/s: opo's engine vs plain model.generate, same batch and settings, alternating."""
+    """Rollout tokens/s: opo's engine (fp32 and bf16 sampling) vs plain fp32 ``model.generate``
+    (sdpa attention, as TRL loads it), same prompts and settings, alternating."""
     import torch
+    from transformers import AutoModelForCausalLM
 
     from opo.evaluate import encode
-    from opo.models import load_model
+    from opo.models import embedded_model_dir, load_model
     from opo.rollout.hf import HFEngine
+    from opo.runtime import reuse_large_allocations
     from opo.tasks import build_task
 
+    reuse_large_allocations()
     cfg = opo_config(prompts, samples, tokens)
-    model, tok = load_model("embedded")
+    model, tok = load_model("embedded", attention=cfg.model.attention)
+    plain = AutoModelForCausalLM.from_pretrained(embedded_model_dir(), dtype=torch.float32)
     task = build_task(cfg.task)
     ids = encode(tok, [task.train_example(start + i) for i in range(prompts)])
-    engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, "fp32", seed=0)
+    engines = {p: HFEngine(model, [tok.eos_token_id], tok.pad_token_id, p, seed=0) for p in ("fp32", "bf16")}
     tok.padding_side = "left"
     enc = tok.pad({"input_ids": ids}, return_tensors="pt")
-    out = {"opo": [], "generate": []}
+    out: dict[str, list[float]] = {"opo_fp32": [], "opo_bf16": [], "generate_fp32": []}
     for _ in range(steps):
-        t0 = time.perf_counter()
-        batch = engine.generate(ids, list(range(prompts)), samples, tokens, 1.0)
-        out["opo"].append(sum(len(r.completion) for r in batch.rollouts) / (time.perf_counter() - t0))
+        for precision, engine in engines.items():
+            t0 = time.perf_counter()
+            batch = engine.generate(ids, list(range(prompts)), samples, tokens, 1.0)
+            out[f"opo_{precision}"].append(sum(len(r.completion) for r in batch.rollouts) / (time.perf_counter() - t0))
         t0 = time.perf_counter()
         with torch.no_grad():
-            gen = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=tokens,
+            gen = plain.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=tokens,
                                  num_return_sequences=samples, pad_token_id=tok.pad_token_id)
         new = gen[:, enc.input_ids.shape[1]:]
         # count tokens up to and including the first end token, as the engine does
         finished = (new == tok.eos_token_id).int().cumsum(-1)
         n_tokens = int(((finished == 0) | ((finished == 1) & (new == tok.eos_token_id))).sum())
-        out["generate"].append(n_tokens / (time.perf_counter() - t0))
+        out["generate_fp32"].append(n_tokens / (time.perf_counter() - t0))
     return out
 
 
@@ -226,13 +232,16 @@ def main() -> None:
             "opo_rollout_tok_per_s": statistics.median(r["tokens/generate_per_s"] for r in opo_rows),
             "opo_train_tok_per_s": statistics.median(r["tokens/train_per_s"] for r in opo_rows),
             "opo_train_gflops": train_gflops, "opo_train_fraction_of_bf16_peak": train_gflops / peak["bfloat16"],
-            "rollout_tok_per_s_opo_engine": statistics.median(gen["opo"]),
-            "rollout_tok_per_s_plain_generate": statistics.median(gen["generate"]),
+            "rollout_tok_per_s_opo_engine_bf16": statistics.median(gen["opo_bf16"]),
+            "rollout_tok_per_s_opo_engine_fp32": statistics.median(gen["opo_fp32"]),
+            "rollout_tok_per_s_plain_generate_fp32": statistics.median(gen["generate_fp32"]),
             "opo_peak_rss_mb": max(opo_peak), "trl_peak_rss_mb": max(trl_peak),
             "opo_rss_per_step_mb": opo_rss, "trl_rss_per_step_mb": trl_rss,
             "logprob_gap_mean_abs": statistics.median(r["logprob_gap/mean_abs"] for r in opo_rows),
         }
-        res["rollout_speedup_vs_generate"] = res["rollout_tok_per_s_opo_engine"] / res["rollout_tok_per_s_plain_generate"]
+        for p in ("bf16", "fp32"):
+            res[f"rollout_speedup_{p}_vs_generate"] = (
+                res[f"rollout_tok_per_s_opo_engine_{p}"] / res["rollout_tok_per_s_plain_generate_fp32"])
         results["sizes"][size] = res
         print(f"\n[{size}] {p} prompts x {k} samples, <= {t} new tokens")
         print(f"  step time  opo {opo_step:.2f} s   TRL {trl_step:.2f} s   ratio opo/TRL {opo_step / trl_step:.3f}")
@@ -240,8 +249,10 @@ def main() -> None:
               f"train {t_train:.2f} s")
         print(f"  opo train {res['opo_train_tok_per_s']:.0f} tok/s = {train_gflops:.0f} GFLOP/s "
               f"= {res['opo_train_fraction_of_bf16_peak']:.0%} of bf16 peak")
-        print(f"  rollout tok/s: opo engine {res['rollout_tok_per_s_opo_engine']:.0f}, plain generate "
-              f"{res['rollout_tok_per_s_plain_generate']:.0f} ({res['rollout_speedup_vs_generate']:.2f}x)")
+        print(f"  rollout tok/s: opo engine bf16 {res['rollout_tok_per_s_opo_engine_bf16']:.0f} "
+              f"({res['rollout_speedup_bf16_vs_generate']:.2f}x), fp32 {res['rollout_tok_per_s_opo_engine_fp32']:.0f} "
+              f"({res['rollout_speedup_fp32_vs_generate']:.2f}x); plain generate fp32 "
+              f"{res['rollout_tok_per_s_plain_generate_fp32']:.0f}")
         print(f"  peak RSS opo {res['opo_peak_rss_mb']:.0f} MB, TRL {res['trl_peak_rss_mb']:.0f} MB")
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)

@@ -21,6 +21,7 @@ from bench_step import SIZES, opo_config  # noqa: E402
 from opo import trainer  # noqa: E402
 from opo.models import load_model  # noqa: E402
 from opo.rollout.hf import HFEngine  # noqa: E402
+from opo.runtime import reuse_large_allocations  # noqa: E402
 from opo.tasks import build_task  # noqa: E402
 
 
@@ -30,9 +31,10 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=20, help="rows of each table")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    reuse_large_allocations()  # as `opo train`
     cfg = opo_config(*SIZES[args.size], args.overrides)
     torch.manual_seed(0)
-    model, tok = load_model("embedded")
+    model, tok = load_model("embedded", attention=cfg.model.attention)
     task = build_task(cfg.task)
     engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, cfg.rollout.precision, seed=0)
     optimizer = trainer.build_optimizer(model, cfg)

@@ -64,7 +64,7 @@ class RolloutConfig:
     samples_per_prompt: int = doc(8, "completions sampled per prompt (K, the group size)")
     max_new_tokens: int = doc(24, "completion length limit; longer completions finish with reason 'length'")
     temperature: float = doc(1.0, "sampling temperature; the trainer scores the same tempered distribution")
-    precision: str = doc("fp32", "sampling: 'fp32' (the policy itself) or 'bf16' (a bf16 copy of the policy, refreshed after every optimizer step)")
+    precision: str = doc("bf16", "sampling: 'bf16' (a bf16 copy of the policy's body, refreshed after every optimizer step, with the policy's fp32 output layer) or 'fp32' (the policy itself)")
 
 
 @dataclass
