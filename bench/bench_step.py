@@ -7,8 +7,8 @@ reference model), num_iterations=1, loss_type="dapo" (token-mean over the whole 
 default aggregation), scale_rewards="none" (no std division; the baseline is the group mean
 instead of OPO's length-weighted mean), fp32 (TRL's CPU default), gradient checkpointing off
 (faster for TRL at this size). Each engine runs in its own subprocess so peak RSS is its own;
-the two alternate, block by block, for --rounds rounds. The first step of each block is warm-up
-and excluded.
+the two alternate, block by block, for --rounds rounds. The first --warmup steps of each block
+warm caches and allocators up and are left out.
 
     .venv/bin/pip install -e ".[bench]"
     .venv/bin/python bench/bench_step.py                       # both sizes
@@ -120,9 +120,13 @@ def worker_trl(prompts: int, samples: int, tokens: int, steps: int, start: int) 
     torch.manual_seed(0)
     path = embedded_model_dir()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    # One optimizer step per generation batch of prompts x samples, as opo; at most 16 completions
+    # per backward, since 64 x 128 tokens in one fp32 TRL batch was OOM-killed at 24 GB here.
+    micro = min(prompts * samples, 16)
     tok = AutoTokenizer.from_pretrained(path)
     args = GRPOConfig(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=prompts * samples, num_generations=samples,
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=micro, gradient_accumulation_steps=prompts * samples // micro,
+        steps_per_generation=prompts * samples // micro, num_generations=samples,
         max_completion_length=tokens, temperature=1.0, top_k=0, top_p=1.0, beta=0.0, num_iterations=1,
         loss_type="dapo", scale_rewards="none", learning_rate=LR, weight_decay=0.0, max_grad_norm=1.0,
         lr_scheduler_type="constant", warmup_steps=0, max_steps=steps, logging_steps=1, report_to=[], use_cpu=True,
@@ -182,7 +186,7 @@ def run_worker(kind: str, size: str, steps: int, start: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--size", size, "--steps", str(steps), "--start", str(start)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"{kind} worker failed:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"{kind} worker failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -190,11 +194,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="small,large")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=3, help="steps per block (the first is warm-up)")
+    ap.add_argument("--steps", type=int, default=5, help="steps per block")
+    ap.add_argument("--warmup", type=int, default=2, help="steps of each block left out of the medians")
     ap.add_argument("--out", default="bench/results.json")
     ap.add_argument("--worker", choices=list(WORKERS))
     ap.add_argument("--size", choices=list(SIZES))
     ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--rss-steps", type=int, default=20, help="opo steps of the RSS-growth run (small size; 0: skip)")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(WORKERS[args.worker](*SIZES[args.size], args.steps, args.start)))
@@ -209,12 +215,12 @@ def main() -> None:
         for r in range(args.rounds):
             start = r * args.steps * p  # each round sees new prompts; both engines see the same ones
             o = run_worker("opo", size, args.steps, start)
-            opo_rows += o["rows"][1:]
+            opo_rows += o["rows"][args.warmup:]
             opo_rss.append(o["rss"])
             opo_peak.append(o["peak_rss_mb"])
             n_params = o["params"]
             tr = run_worker("trl", size, args.steps, start)
-            trl_times += tr["times"][1:]
+            trl_times += tr["times"][args.warmup:]
             trl_rss.append(tr["rss"])
             trl_peak.append(tr["peak_rss_mb"])
         gen = run_worker("generate", size, 3, 0)
@@ -239,9 +245,9 @@ def main() -> None:
             "opo_rss_per_step_mb": opo_rss, "trl_rss_per_step_mb": trl_rss,
             "logprob_gap_mean_abs": statistics.median(r["logprob_gap/mean_abs"] for r in opo_rows),
         }
-        for p in ("bf16", "fp32"):
-            res[f"rollout_speedup_{p}_vs_generate"] = (
-                res[f"rollout_tok_per_s_opo_engine_{p}"] / res["rollout_tok_per_s_plain_generate_fp32"])
+        for precision in ("bf16", "fp32"):
+            res[f"rollout_speedup_{precision}_vs_generate"] = (
+                res[f"rollout_tok_per_s_opo_engine_{precision}"] / res["rollout_tok_per_s_plain_generate_fp32"])
         results["sizes"][size] = res
         print(f"\n[{size}] {p} prompts x {k} samples, <= {t} new tokens")
         print(f"  step time  opo {opo_step:.2f} s   TRL {trl_step:.2f} s   ratio opo/TRL {opo_step / trl_step:.3f}")
@@ -254,6 +260,12 @@ def main() -> None:
               f"({res['rollout_speedup_fp32_vs_generate']:.2f}x); plain generate fp32 "
               f"{res['rollout_tok_per_s_plain_generate_fp32']:.0f}")
         print(f"  peak RSS opo {res['opo_peak_rss_mb']:.0f} MB, TRL {res['trl_peak_rss_mb']:.0f} MB")
+    if args.rss_steps:
+        rss = run_worker("opo", "small", args.rss_steps, 0)["rss"]
+        growth = max(rss[1:]) / rss[0] - 1
+        results["rss_growth"] = {"steps": args.rss_steps, "rss_mb": rss, "growth_after_first_step": growth}
+        print(f"\nRSS over {args.rss_steps} opo steps (small): after step 1 {rss[0]:.0f} MB, "
+              f"max after {max(rss[1:]):.0f} MB, growth {growth:+.1%}")
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
     print(f"\nwrote {args.out}")

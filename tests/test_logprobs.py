@@ -115,3 +115,37 @@ def test_bf16_logprobs_stay_close_to_fp32(tiny):
             bf16, _ = completion_logprobs(model, pb, completions, mask, gi, fp32_head=True)
     # bf16 activations with an fp32 output layer: log-probs within 0.05 nats on this model
     assert float(((fp32 - bf16).abs() * mask).max()) < 0.05
+
+
+def test_eager_and_sdpa_attention_agree(tiny):
+    # The default kernel is eager (faster in bf16 on CPU); it must score exactly what sdpa scores.
+    prompts, completions, mask, gi = batch(tiny[1])
+    pb = PromptBatch.from_lists(prompts, tiny[1].pad_token_id)
+    out = {}
+    for kernel in ("eager", "sdpa"):
+        model = copy.deepcopy(tiny[0])
+        model.set_attn_implementation(kernel)
+        with torch.no_grad():
+            out[kernel], _ = completion_logprobs(model, pb, completions, mask, gi)
+    assert torch.allclose(out["eager"], out["sdpa"], atol=1e-5)
+
+
+def test_fp32_head_under_autocast_keeps_fp32_logprobs_and_bf16_level_gradients(tiny):
+    # Under bf16 autocast the head's log-probs stay fp32; only its two gradient matmuls run in
+    # bf16, as every other layer's backward does.
+    head = tiny[0]
+    hidden = torch.randn(300, head.config.hidden_size)
+    targets = torch.randint(0, head.config.vocab_size, (300,))
+    g = torch.randn(300)
+    weight = head.get_output_embeddings().weight
+    out = {}
+    for mode in ("fp32", "bf16"):
+        h = hidden.clone().requires_grad_(True)
+        weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
+            logp, _ = head_logprobs(head, h, targets, chunk_size=64)
+        (logp * g).sum().backward()
+        out[mode] = (logp.detach(), h.grad, weight.grad.clone())
+    assert torch.equal(out["fp32"][0], out["bf16"][0])
+    for ref, got in zip(out["fp32"][1:], out["bf16"][1:]):
+        assert float((got - ref).norm() / ref.norm()) < 1e-2  # bf16 carries ~3 significant digits

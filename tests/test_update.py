@@ -102,3 +102,20 @@ def test_nan_gradient_skips_the_optimizer_step(tiny):
     metrics = policy_update(m, torch.optim.SGD(m.parameters(), lr=1.0), cfg_for(), data)
     assert metrics["skipped_steps"] == 1 and metrics["optimizer_steps"] == 0
     assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+
+
+def test_fused_adamw_matches_the_reference_implementation(tiny):
+    from opo.trainer import build_optimizer
+
+    model, tok = tiny
+    data = step_data(model, tok)
+    cfg = cfg_for(**{"optim.lr": 1e-3})
+    fused = copy.deepcopy(model)
+    policy_update(fused, build_optimizer(fused, cfg), cfg, data)
+    plain = copy.deepcopy(model)
+    o = cfg.optim
+    reference = torch.optim.AdamW(plain.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                  weight_decay=o.weight_decay, foreach=False)
+    policy_update(plain, reference, cfg, data)
+    for a, b in zip(fused.parameters(), plain.parameters()):
+        assert torch.allclose(a, b, atol=1e-7, rtol=0)

@@ -58,13 +58,14 @@ class _ChunkedHead(torch.autograd.Function):
     recomputes a chunk's logits ``z`` ``(C, V)`` and applies the closed forms (p = softmax(z), H
     its entropy)
         d logp_y / dz = onehot(y) - p,        dH / dz = -p * (log p + H),
-    so no ``(M, V)`` tensor and no autograd graph of the log-softmax is stored. Chunks are small
-    (128 rows, ~25 MB of fp32 logits) because elementwise passes over a cache-sized block and a
-    reused allocation run several times faster than over one large freshly mapped block.
+    so no ``(M, V)`` tensor and no autograd graph of the log-softmax is stored. Logits and the
+    softmax are computed in ``dtype``; the two gradient matmuls run in ``grad_dtype`` (the autocast
+    dtype under autocast, as every other layer's backward). 512-row chunks (~100 MB of fp32
+    logits) measured fastest here once large blocks are reused (opo.runtime).
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, dtype):  # type: ignore[override]
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, dtype, grad_dtype):  # type: ignore[override]
         logps, ents, lses = [], [], []
         for start in range(0, hidden.shape[0], chunk_size):
             z = _chunk_logits(hidden[start : start + chunk_size], weight, bias, temperature, dtype)  # (C, V)
@@ -79,26 +80,25 @@ class _ChunkedHead(torch.autograd.Function):
             lses.append(lse)
         logp, ent, lse = torch.cat(logps), torch.cat(ents), torch.cat(lses)  # (M,) each
         ctx.save_for_backward(hidden, weight, bias, targets, lse, ent)
-        ctx.temperature, ctx.chunk_size, ctx.dtype = temperature, chunk_size, dtype
+        ctx.temperature, ctx.chunk_size, ctx.dtype, ctx.grad_dtype = temperature, chunk_size, dtype, grad_dtype
         ctx.set_materialize_grads(False)  # an unused output (usually the entropy) costs nothing in backward
         return logp, ent
 
     @staticmethod
     def backward(ctx, g_logp, g_ent):  # type: ignore[override]
         hidden, weight, bias, targets, lse, ent = ctx.saved_tensors
-        dtype, tau = ctx.dtype, ctx.temperature
+        dtype, gdtype, tau = ctx.dtype, ctx.grad_dtype, ctx.temperature
         acc = lse.dtype  # softmax arithmetic: fp32 at least
         # z = (h W^T + b) / tau: fold 1/tau into the incoming gradients
         g_logp = (torch.zeros_like(lse) if g_logp is None else g_logp.to(acc)) / tau
         g_ent = None if g_ent is None else g_ent.to(acc) / tau
-        w = weight.to(dtype)
+        w = weight.to(gdtype)
         g_hidden = torch.empty_like(hidden)
         g_weight = torch.zeros(weight.shape, dtype=acc)
         g_bias = None if bias is None else torch.zeros(bias.shape, dtype=acc)
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             sl = slice(start, start + ctx.chunk_size)
-            h = hidden[sl].to(dtype)
-            logp_all = _chunk_logits(h, weight, bias, tau, dtype).sub_(lse[sl].unsqueeze(-1))  # (C, V)
+            logp_all = _chunk_logits(hidden[sl], weight, bias, tau, dtype).sub_(lse[sl].unsqueeze(-1))  # (C, V)
             if g_ent is None:
                 g_z = logp_all.exp_().mul_(-g_logp[sl].unsqueeze(-1))  # -p g
             else:
@@ -108,15 +108,15 @@ class _ChunkedHead(torch.autograd.Function):
             g_z.scatter_add_(-1, targets[sl].unsqueeze(-1), g_logp[sl].unsqueeze(-1))
             if g_bias is not None:
                 g_bias += g_z.sum(0)
-            g_z = g_z.to(dtype)
+            g_z, h = g_z.to(gdtype), hidden[sl].to(gdtype)
             with torch.autocast(device_type=h.device.type, enabled=False):
                 g_hidden[sl] = (g_z @ w).to(hidden.dtype)
-                if dtype == acc:
+                if gdtype == acc:
                     g_weight.addmm_(g_z.T, h)  # in place: no (V, H) temporary per chunk
                 else:
-                    g_weight += (g_z.T @ h).to(acc)
+                    g_weight += g_z.T @ h
         g_bias = None if g_bias is None else g_bias.to(bias.dtype)
-        return g_hidden, g_weight.to(weight.dtype), g_bias, None, None, None, None
+        return g_hidden, g_weight.to(weight.dtype), g_bias, None, None, None, None, None
 
 
 def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias, temperature: float, dtype: torch.dtype) -> torch.Tensor:
@@ -132,7 +132,7 @@ def head_logprobs(
     hidden: torch.Tensor,
     targets: torch.Tensor,
     temperature: float = 1.0,
-    chunk_size: int = 128,
+    chunk_size: int = 512,
     fp32_head: bool = True,
     with_entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,17 +140,21 @@ def head_logprobs(
 
     Logits are scaled by 1/temperature so the trainer scores the distribution the sampler drew
     from. The output layer runs in fp32 (fp64 for an fp64 model) when ``fp32_head``, else in the
-    autocast dtype with an fp32 log-softmax. The entropy carries gradient only when
+    autocast dtype with an fp32 log-softmax; under autocast its gradient matmuls run in the
+    autocast dtype. The entropy carries gradient only when
     ``with_entropy_grad`` (an entropy bonus is on).
     """
     head = model.get_output_embeddings()
-    dtype = torch.promote_types(head.weight.dtype, torch.float32)
-    if not fp32_head and torch.is_autocast_enabled(hidden.device.type):
-        dtype = torch.get_autocast_dtype(hidden.device.type)
+    dtype = grad_dtype = torch.promote_types(head.weight.dtype, torch.float32)
+    if torch.is_autocast_enabled(hidden.device.type):
+        # the gradient matmuls in the autocast dtype, as every other layer's backward
+        grad_dtype = torch.get_autocast_dtype(hidden.device.type)
+        if not fp32_head:
+            dtype = grad_dtype
     if hidden.shape[0] == 0:
         empty = hidden.new_zeros(0, dtype=torch.promote_types(dtype, torch.float32))
         return empty, empty
-    logp, ent = _ChunkedHead.apply(hidden, head.weight, head.bias, targets, temperature, chunk_size, dtype)
+    logp, ent = _ChunkedHead.apply(hidden, head.weight, head.bias, targets, temperature, chunk_size, dtype, grad_dtype)
     return logp, ent if with_entropy_grad else ent.detach()
 def length_buckets(lengths: torch.Tensor, bucket_tokens: int) -> list[torch.Tensor]:
     """Row indices grouped so that rows of similar length share a forward pass.
@@ -183,7 +187,7 @@ def completion_logprobs(
     mask: torch.Tensor,
     group_index: torch.Tensor,
     temperature: float = 1.0,
-    chunk_size: int = 128,
+    chunk_size: int = 512,
     fp32_head: bool = True,
     with_entropy_grad: bool = False,
     bucket_tokens: int = 2048,
