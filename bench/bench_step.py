@@ -6,13 +6,16 @@ tokens and temperature 1. TRL is set to its closest equivalent of opo's update: 
 reference model), num_iterations=1, loss_type="dapo" (token-mean over the whole batch, as opo's
 default aggregation), scale_rewards="none" (no std division; the baseline is the group mean
 instead of OPO's length-weighted mean), fp32 (TRL's CPU default), gradient checkpointing off
-(faster for TRL at this size). Each engine runs in its own subprocess so peak RSS is its own;
+(faster for TRL at this size), one optimizer step per generation batch, backpropagating at most
+16 completions at a time (gradient accumulation; 64 x 128 tokens in one fp32 TRL batch was
+OOM-killed at 24 GB here). opo runs its defaults (bf16 autocast, bf16 sampling copy, eager
+attention, allocator tuning as `opo train`). Each engine runs in its own subprocess so peak RSS is its own;
 the two alternate, block by block, for --rounds rounds. The first --warmup steps of each block
 warm caches and allocators up and are left out.
 
     .venv/bin/pip install -e ".[bench]"
     .venv/bin/python bench/bench_step.py                       # both sizes
-    .venv/bin/python bench/bench_step.py --sizes small --rounds 1 --steps 3
+    .venv/bin/python bench/bench_step.py --sizes small --rounds 1 --steps 3 --rss-steps 0
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import tempfile
 import time
 
 SIZES = {"small": (4, 4, 32), "large": (8, 8, 128)}  # prompts, samples per prompt, max new tokens
+BLOCKS = {"small": (5, 2), "large": (3, 1)}  # steps per block, warm-up steps left out (a TRL large step is ~150 s)
 LR = 1e-5
 
 
@@ -194,8 +198,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="small,large")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=5, help="steps per block")
-    ap.add_argument("--warmup", type=int, default=2, help="steps of each block left out of the medians")
+    ap.add_argument("--steps", type=int, help="steps per block (default: per size, BLOCKS)")
+    ap.add_argument("--warmup", type=int, help="steps of each block left out of the medians (default: per size)")
     ap.add_argument("--out", default="bench/results.json")
     ap.add_argument("--worker", choices=list(WORKERS))
     ap.add_argument("--size", choices=list(SIZES))
@@ -203,7 +207,7 @@ def main() -> None:
     ap.add_argument("--rss-steps", type=int, default=20, help="opo steps of the RSS-growth run (small size; 0: skip)")
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(WORKERS[args.worker](*SIZES[args.size], args.steps, args.start)))
+        print(json.dumps(WORKERS[args.worker](*SIZES[args.size], args.steps or 3, args.start)))
         return
 
     peak = {d: matmul_peak_gflops(d) for d in ("float32", "bfloat16")}
@@ -211,16 +215,17 @@ def main() -> None:
     results = {"peak_gflops": peak, "sizes": {}}
     for size in args.sizes.split(","):
         p, k, t = SIZES[size]
+        steps, warmup = args.steps or BLOCKS[size][0], args.warmup if args.warmup is not None else BLOCKS[size][1]
         opo_rows, opo_rss, trl_times, trl_rss, opo_peak, trl_peak = [], [], [], [], [], []
         for r in range(args.rounds):
-            start = r * args.steps * p  # each round sees new prompts; both engines see the same ones
-            o = run_worker("opo", size, args.steps, start)
-            opo_rows += o["rows"][args.warmup:]
+            start = r * steps * p  # each round sees new prompts; both engines see the same ones
+            o = run_worker("opo", size, steps, start)
+            opo_rows += o["rows"][warmup:]
             opo_rss.append(o["rss"])
             opo_peak.append(o["peak_rss_mb"])
             n_params = o["params"]
-            tr = run_worker("trl", size, args.steps, start)
-            trl_times += tr["times"][args.warmup:]
+            tr = run_worker("trl", size, steps, start)
+            trl_times += tr["times"][warmup:]
             trl_rss.append(tr["rss"])
             trl_peak.append(tr["peak_rss_mb"])
         gen = run_worker("generate", size, 3, 0)
