@@ -8,10 +8,14 @@ default aggregation), scale_rewards="none" (no std division; the baseline is the
 instead of OPO's length-weighted mean), fp32 (TRL's CPU default), gradient checkpointing off
 (faster for TRL at this size), one optimizer step per generation batch, backpropagating at most
 16 completions at a time (gradient accumulation; 64 x 128 tokens in one fp32 TRL batch was
-OOM-killed at 24 GB here). opo runs its defaults (bf16 autocast, bf16 sampling copy, eager
-attention, allocator tuning as `opo train`). Each engine runs in its own subprocess so peak RSS is its own;
-the two alternate, block by block, for --rounds rounds. The first --warmup steps of each block
-warm caches and allocators up and are left out.
+OOM-killed at 24 GB). opo runs its defaults as `opo train` does (precision `auto`: bf16 autocast
+and a bf16 sampling copy where the CPU has native bf16, else fp32; eager attention; allocator
+tuning). Both run with the same torch thread count: the one `opo train` picks on this machine
+(--threads overrides it), so the ratio measures the libraries, not a thread setting. Each
+engine runs in its own subprocess so peak RSS is its own; the two alternate, block by block, for
+--rounds rounds. The first --warmup steps of each block warm caches and allocators up and are
+left out. The training phase's achieved FLOP/s is compared with the matmul peak of the dtype it
+computes in (bf16 where native, else fp32), measured in the same run at the same thread count.
 
     .venv/bin/pip install -e ".[bench]"
     .venv/bin/python bench/bench_step.py                       # both sizes
@@ -66,17 +70,18 @@ def opo_config(prompts: int, samples: int, tokens: int, overrides: tuple[str, ..
     ])
 
 
-def worker_opo(prompts: int, samples: int, tokens: int, steps: int, start: int) -> dict:
+def worker_opo(prompts: int, samples: int, tokens: int, steps: int, start: int, threads: int) -> dict:
     import torch
 
     from opo.models import load_model
     from opo.rollout.hf import HFEngine
     from opo.runtime import reuse_large_allocations
     from opo.tasks import build_task
-    from opo.trainer import build_optimizer, rl_step
+    from opo.trainer import build_optimizer, configure_compute, rl_step
 
     reuse_large_allocations()  # what `opo train` does at start
-    cfg = opo_config(prompts, samples, tokens)
+    cfg = opo_config(prompts, samples, tokens, (f"train.threads={threads}",))
+    configure_compute(cfg)
     torch.manual_seed(0)
     model, tok = load_model("embedded", attention=cfg.model.attention)
     task = build_task(cfg.task)
@@ -89,10 +94,11 @@ def worker_opo(prompts: int, samples: int, tokens: int, steps: int, start: int) 
         row, _ = rl_step(cfg, model, tok, engine, task, optimizer, None, shuffle, start + i * prompts)
         rows.append(row)
         rss.append(rss_mb())
-    return {"rows": rows, "rss": rss, "peak_rss_mb": peak_rss_mb(), "params": n_params}
+    return {"rows": rows, "rss": rss, "peak_rss_mb": peak_rss_mb(), "params": n_params,
+            "precision": cfg.model.precision}
 
 
-def worker_trl(prompts: int, samples: int, tokens: int, steps: int, start: int) -> dict:
+def worker_trl(prompts: int, samples: int, tokens: int, steps: int, start: int, threads: int) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -121,6 +127,7 @@ def worker_trl(prompts: int, samples: int, tokens: int, steps: int, start: int) 
             self.times.append(time.perf_counter() - self.t0)
             self.rss.append(rss_mb())
 
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     path = embedded_model_dir()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -144,8 +151,8 @@ def worker_trl(prompts: int, samples: int, tokens: int, steps: int, start: int) 
     return {"times": timer.times, "rss": timer.rss, "peak_rss_mb": peak_rss_mb()}
 
 
-def worker_generate(prompts: int, samples: int, tokens: int, steps: int, start: int) -> dict:
-    """Rollout tokens/s: opo's engine (fp32 and bf16 sampling) vs plain fp32 ``model.generate``
+def worker_generate(prompts: int, samples: int, tokens: int, steps: int, start: int, threads: int) -> dict:
+    """Rollout tokens/s: opo's engine (fp32, and bf16 where native) vs plain fp32 ``model.generate``
     (sdpa attention, as TRL loads it), same prompts and settings, alternating."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -153,19 +160,21 @@ def worker_generate(prompts: int, samples: int, tokens: int, steps: int, start: 
     from opo.evaluate import encode
     from opo.models import embedded_model_dir, load_model
     from opo.rollout.hf import HFEngine
-    from opo.runtime import reuse_large_allocations
+    from opo.runtime import native_bf16, reuse_large_allocations
     from opo.tasks import build_task
 
     reuse_large_allocations()
+    torch.set_num_threads(threads)
     cfg = opo_config(prompts, samples, tokens)
     model, tok = load_model("embedded", attention=cfg.model.attention)
     plain = AutoModelForCausalLM.from_pretrained(embedded_model_dir(), dtype=torch.float32)
     task = build_task(cfg.task)
     ids = encode(tok, [task.train_example(start + i) for i in range(prompts)])
-    engines = {p: HFEngine(model, [tok.eos_token_id], tok.pad_token_id, p, seed=0) for p in ("fp32", "bf16")}
+    precisions = ("fp32", "bf16") if native_bf16() else ("fp32",)  # emulated bf16 is ~300x slower: not a contender
+    engines = {p: HFEngine(model, [tok.eos_token_id], tok.pad_token_id, p, seed=0) for p in precisions}
     tok.padding_side = "left"
     enc = tok.pad({"input_ids": ids}, return_tensors="pt")
-    out: dict[str, list[float]] = {"opo_fp32": [], "opo_bf16": [], "generate_fp32": []}
+    out: dict[str, list[float]] = {f"opo_{p}": [] for p in precisions} | {"generate_fp32": []}
     for _ in range(steps):
         for precision, engine in engines.items():
             t0 = time.perf_counter()
@@ -186,8 +195,9 @@ def worker_generate(prompts: int, samples: int, tokens: int, steps: int, start: 
 WORKERS = {"opo": worker_opo, "trl": worker_trl, "generate": worker_generate}
 
 
-def run_worker(kind: str, size: str, steps: int, start: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind, "--size", size, "--steps", str(steps), "--start", str(start)]
+def run_worker(kind: str, size: str, steps: int, start: int, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, "--size", size, "--steps", str(steps), "--start", str(start),
+           "--threads", str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} worker failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -205,35 +215,44 @@ def main() -> None:
     ap.add_argument("--size", choices=list(SIZES))
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--rss-steps", type=int, default=20, help="opo steps of the RSS-growth run (small size; 0: skip)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads of every worker (0: what opo train picks)")
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(WORKERS[args.worker](*SIZES[args.size], args.steps or 3, args.start)))
+        print(json.dumps(WORKERS[args.worker](*SIZES[args.size], args.steps or 3, args.start, args.threads)))
         return
 
-    peak = {d: matmul_peak_gflops(d) for d in ("float32", "bfloat16")}
-    print(f"matmul 2048x2048: fp32 {peak['float32']:.0f} GFLOP/s, bf16 {peak['bfloat16']:.0f} GFLOP/s")
-    results = {"peak_gflops": peak, "sizes": {}}
+    import torch
+
+    from opo.runtime import native_bf16, pick_threads
+
+    threads = pick_threads(args.threads)
+    # emulated bf16 (no native support) runs a 2048^3 matmul in minutes: measured only where native
+    peak = {d: matmul_peak_gflops(d) for d in ("float32", "bfloat16") if d == "float32" or native_bf16()}
+    print(f"{threads} thread(s); native bf16: {native_bf16()}; cpu capability {torch.backends.cpu.get_cpu_capability()}")
+    print("matmul 2048x2048: " + ", ".join(f"{d} {g:.1f} GFLOP/s" for d, g in peak.items()))
+    results = {"threads": threads, "native_bf16": native_bf16(), "peak_gflops": peak, "sizes": {}}
     for size in args.sizes.split(","):
         p, k, t = SIZES[size]
         steps, warmup = args.steps or BLOCKS[size][0], args.warmup if args.warmup is not None else BLOCKS[size][1]
         opo_rows, opo_rss, trl_times, trl_rss, opo_peak, trl_peak = [], [], [], [], [], []
         for r in range(args.rounds):
             start = r * steps * p  # each round sees new prompts; both engines see the same ones
-            o = run_worker("opo", size, steps, start)
+            o = run_worker("opo", size, steps, start, threads)
             opo_rows += o["rows"][warmup:]
             opo_rss.append(o["rss"])
             opo_peak.append(o["peak_rss_mb"])
             n_params = o["params"]
-            tr = run_worker("trl", size, steps, start)
+            tr = run_worker("trl", size, steps, start, threads)
             trl_times += tr["times"][warmup:]
             trl_rss.append(tr["rss"])
             trl_peak.append(tr["peak_rss_mb"])
-        gen = run_worker("generate", size, 3, 0)
+        gen = run_worker("generate", size, 3, 0, threads)
         opo_step = statistics.median(r["time/step"] for r in opo_rows)
         trl_step = statistics.median(trl_times)
         t_train = statistics.median(r["time/train"] for r in opo_rows)
         trained = statistics.median(r["tokens/trained"] for r in opo_rows)
         train_gflops = 6 * n_params * trained / t_train / 1e9
+        train_peak = peak["bfloat16" if o["precision"] == "bf16" else "float32"]
         res = {
             "prompts": p, "samples": k, "max_new_tokens": t,
             "opo_step_s": opo_step, "trl_step_s": trl_step, "ratio_opo_over_trl": opo_step / trl_step,
@@ -242,31 +261,33 @@ def main() -> None:
             "opo_train_s": t_train,
             "opo_rollout_tok_per_s": statistics.median(r["tokens/generate_per_s"] for r in opo_rows),
             "opo_train_tok_per_s": statistics.median(r["tokens/train_per_s"] for r in opo_rows),
-            "opo_train_gflops": train_gflops, "opo_train_fraction_of_bf16_peak": train_gflops / peak["bfloat16"],
-            "rollout_tok_per_s_opo_engine_bf16": statistics.median(gen["opo_bf16"]),
-            "rollout_tok_per_s_opo_engine_fp32": statistics.median(gen["opo_fp32"]),
+            "opo_precision": o["precision"], "opo_train_gflops": train_gflops,
+            "opo_train_fraction_of_peak": train_gflops / train_peak,
             "rollout_tok_per_s_plain_generate_fp32": statistics.median(gen["generate_fp32"]),
             "opo_peak_rss_mb": max(opo_peak), "trl_peak_rss_mb": max(trl_peak),
             "opo_rss_per_step_mb": opo_rss, "trl_rss_per_step_mb": trl_rss,
             "logprob_gap_mean_abs": statistics.median(r["logprob_gap/mean_abs"] for r in opo_rows),
         }
-        for precision in ("bf16", "fp32"):
-            res[f"rollout_speedup_{precision}_vs_generate"] = (
-                res[f"rollout_tok_per_s_opo_engine_{precision}"] / res["rollout_tok_per_s_plain_generate_fp32"])
+        for name in gen:
+            if name.startswith("opo_"):
+                precision = name.removeprefix("opo_")
+                res[f"rollout_tok_per_s_opo_engine_{precision}"] = statistics.median(gen[name])
+                res[f"rollout_speedup_{precision}_vs_generate"] = (
+                    res[f"rollout_tok_per_s_opo_engine_{precision}"] / res["rollout_tok_per_s_plain_generate_fp32"])
         results["sizes"][size] = res
         print(f"\n[{size}] {p} prompts x {k} samples, <= {t} new tokens")
         print(f"  step time  opo {opo_step:.2f} s   TRL {trl_step:.2f} s   ratio opo/TRL {opo_step / trl_step:.3f}")
         print(f"  opo phases generate {res['opo_generate_s']:.2f} s, reward {res['opo_reward_s']:.3f} s, "
               f"train {t_train:.2f} s")
-        print(f"  opo train {res['opo_train_tok_per_s']:.0f} tok/s = {train_gflops:.0f} GFLOP/s "
-              f"= {res['opo_train_fraction_of_bf16_peak']:.0%} of bf16 peak")
-        print(f"  rollout tok/s: opo engine bf16 {res['rollout_tok_per_s_opo_engine_bf16']:.0f} "
-              f"({res['rollout_speedup_bf16_vs_generate']:.2f}x), fp32 {res['rollout_tok_per_s_opo_engine_fp32']:.0f} "
-              f"({res['rollout_speedup_fp32_vs_generate']:.2f}x); plain generate fp32 "
-              f"{res['rollout_tok_per_s_plain_generate_fp32']:.0f}")
+        print(f"  opo train ({o['precision']}) {res['opo_train_tok_per_s']:.0f} tok/s = {train_gflops:.1f} GFLOP/s "
+              f"= {res['opo_train_fraction_of_peak']:.0%} of the {o['precision']} matmul peak")
+        engines = ", ".join(f"{p} {res[f'rollout_tok_per_s_opo_engine_{p}']:.0f} tok/s "
+                            f"({res[f'rollout_speedup_{p}_vs_generate']:.2f}x)"
+                            for p in ("bf16", "fp32") if f"rollout_tok_per_s_opo_engine_{p}" in res)
+        print(f"  rollout: opo engine {engines}; plain generate fp32 {res['rollout_tok_per_s_plain_generate_fp32']:.0f} tok/s")
         print(f"  peak RSS opo {res['opo_peak_rss_mb']:.0f} MB, TRL {res['trl_peak_rss_mb']:.0f} MB")
     if args.rss_steps:
-        rss = run_worker("opo", "small", args.rss_steps, 0)["rss"]
+        rss = run_worker("opo", "small", args.rss_steps, 0, threads)["rss"]
         growth = max(rss[1:]) / rss[0] - 1
         results["rss_growth"] = {"steps": args.rss_steps, "rss_mb": rss, "growth_after_first_step": growth}
         print(f"\nRSS over {args.rss_steps} opo steps (small): after step 1 {rss[0]:.0f} MB, "

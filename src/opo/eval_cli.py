@@ -12,12 +12,15 @@ from opo.config import EvalConfig
 from opo.evaluate import evaluate, sample_rows
 from opo.models import load_model
 from opo.rollout.hf import HFEngine
+from opo.runtime import pick_threads, resolve_precision
 from opo.tasks import build_task
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, float]:
     started = time.time()
     out_dir = Path(cfg.out_dir.replace("{time}", time.strftime("%Y%m%d-%H%M%S")))
+    cfg.precision = resolve_precision(cfg.precision)
+    pick_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model, tok = load_model(cfg.model.path, cfg.model.trust_remote_code, cfg.seed, cfg.model.attention)
     model.eval()

@@ -28,6 +28,7 @@ from opo.evaluate import decode, encode, evaluate
 from opo.metrics import JsonlLogger, rollout_metrics
 from opo.models import load_model
 from opo.rollout.hf import HFEngine
+from opo.runtime import pick_threads, resolve_precision
 from opo.tasks import Task, build_task
 from opo.update import StepData, policy_update
 
@@ -45,6 +46,17 @@ def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimize
                              fused=True)
 
 
+def configure_compute(cfg: Config) -> str:
+    """Resolve ``auto`` precisions for this CPU and set the thread count; returns a line saying what was chosen."""
+    cfg.model.precision = resolve_precision(cfg.model.precision)
+    cfg.rollout.precision = resolve_precision(
+        cfg.model.precision if cfg.rollout.precision == "auto" else cfg.rollout.precision)
+    threads = pick_threads(cfg.train.threads)
+    cfg.train.threads = threads
+    return (f"compute: {cfg.model.precision} training, {cfg.rollout.precision} sampling, "
+            f"{threads} thread{'s' if threads > 1 else ''}")
+
+
 def train(cfg: Config) -> dict[str, Any]:
     """Run ``cfg.train.steps`` RL steps; returns the summary (held-out accuracy before/after, timings)."""
     started = time.time()
@@ -54,6 +66,7 @@ def train(cfg: Config) -> dict[str, Any]:
     if cfg.checkpoint.resume and resume_from is None:
         print(f"resume: no complete checkpoint in {ckpt_root}; starting from step 0")
 
+    print(configure_compute(cfg))
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     torch.use_deterministic_algorithms(cfg.train.deterministic)
