@@ -39,15 +39,17 @@ def test_bad_setting_exits_2_naming_the_key(tmp_path):
 
 def test_train_writes_metrics_checkpoint_and_summary(tmp_path):
     run = tmp_path / "run"
-    proc = opo("train", *TINY, "train.steps=3", "train.eval_every=2", f"run_dir={run}")
+    proc = opo("train", *TINY, "train.steps=3", "train.eval_every=2", "train.shift_every=2", f"run_dir={run}")
     assert "held-out accuracy: before" in proc.stdout
     rows = steps(run)
     assert sorted(rows) == [1, 2, 3]
     for key in ("reward/mean", "reward/accuracy", "adv/mean", "adv/std", "groups/all_equal", "entropy", "length/mean",
                 "length/max", "length/truncated", "grad_norm", "clip_frac", "logprob_gap/mean_abs", "time/generate",
-                "time/reward", "time/train", "tokens/generate_per_s", "tokens/train_per_s"):
+                "time/reward", "time/train", "tokens/generate_per_s", "tokens/train_per_s", "repetition/ngram_frac",
+                "repetition/degenerate"):
         assert key in rows[1], key
     assert "eval/accuracy" in rows[2]
+    assert "policy_shift/k3" in rows[2] and "policy_shift/k1" in rows[2] and "policy_shift/k3" not in rows[1]
     all_rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in all_rows] == [0, 1, 2, 3, 3]  # before, steps (step 2 carries its eval), after
     assert abs(rows[1]["adv/mean"]) < 1e-6  # OPO: token advantages of each group sum to zero

@@ -33,3 +33,21 @@ def test_majority_vote():
     assert majority_vote(["4", "3"], [True, False])  # tie: the first-seen answer wins
     assert not majority_vote(["3", "4"], [False, True])
     assert not majority_vote([None, None], [False, False])
+
+
+def test_ngram_repetition_on_hand_made_strings():
+    from opo.metrics import max_ngram_count, ngram_repetition, repetition_metrics
+
+    fresh = "the cat sat on the mat today".split()
+    assert ngram_repetition(fresh, 2) == 0.0 and max_ngram_count(fresh, 2) == 1
+    loop = "a b a b a b".split()  # bigrams ab ba ab ba ab: 2 distinct of 5
+    assert ngram_repetition(loop, 2) == pytest.approx(1 - 2 / 5)
+    assert max_ngram_count(loop, 2) == 3
+    assert ngram_repetition("x y".split(), 4) == 0.0 and max_ngram_count("x y".split(), 4) == 0
+    same = ["7"] * 10  # one 4-gram, 7 times
+    assert ngram_repetition(same, 4) == pytest.approx(6 / 7) and max_ngram_count(same, 4) == 7
+    m = repetition_metrics([fresh, loop, same], n=2, min_count=3)
+    assert m["repetition/degenerate"] == pytest.approx(2 / 3)  # loop (3x 'a b') and same
+    assert m["repetition/ngram_frac"] == pytest.approx((0 + 3 / 5 + 8 / 9) / 3)
+    assert repetition_metrics([[1, 2, 3, 4, 1, 2, 3, 4]], n=4, min_count=3)["repetition/degenerate"] == 0.0
+    assert repetition_metrics([], 4, 3) == {"repetition/ngram_frac": 0.0, "repetition/degenerate": 0.0}

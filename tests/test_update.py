@@ -1,4 +1,5 @@
 import copy
+from collections import Counter
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ import torch
 from opo.algos.advantages import ADVANTAGES
 from opo.config import Config
 from opo.rollout.hf import HFEngine
-from opo.update import StepData, micro_batches, policy_update
+from opo.update import StepData, micro_batches, policy_update, record_logprobs
 
 
 def step_data(model, tok, n_prompts=4, k=3):
@@ -119,3 +120,27 @@ def test_fused_adamw_matches_the_reference_implementation(tiny):
     policy_update(plain, reference, cfg, data)
     for a, b in zip(fused.parameters(), plain.parameters()):
         assert torch.allclose(a, b, atol=1e-7, rtol=0)
+
+
+def test_policy_shift_is_zero_without_a_step_and_positive_with_one(tiny):
+    model, tok = tiny
+    data = step_data(model, tok)
+    cfg = cfg_for(**{"train.micro_batch_tokens": 40})
+    m0 = copy.deepcopy(model)
+    still = policy_update(m0, torch.optim.SGD(m0.parameters(), lr=0.0), cfg, data, measure_shift=True)
+    assert still["policy_shift/k1"] == 0.0 and still["policy_shift/k3"] == 0.0
+    assert still["passes/policy_shift"] == still["passes/train_forward"]  # one no-grad pass per micro-batch
+    m = copy.deepcopy(model)
+    moved = policy_update(m, torch.optim.SGD(m.parameters(), lr=10.0), cfg, data, measure_shift=True)
+    assert moved["policy_shift/k3"] > 0
+    # k3 equals a direct recomputation of KL(before || after) on the batch's tokens
+    before = record_logprobs(model, cfg, data, Counter(), "x")
+    after = record_logprobs(m, cfg, data, Counter(), "x")
+    d = (after - before) * data.mask
+    k3 = float(((torch.exp(d) - d - 1) * data.mask).sum() / data.mask.sum())
+    assert abs(moved["policy_shift/k3"] - k3) < 1e-6 * max(1.0, k3)
+    off = cfg_for(**{"algo.loss": "ppo_clip", "algo.mini_batches": 2, "train.micro_batch_tokens": 40})
+    m2 = copy.deepcopy(model)
+    shifted = policy_update(m2, torch.optim.SGD(m2.parameters(), lr=10.0), off, data,
+                            generator=torch.Generator().manual_seed(0), measure_shift=True)
+    assert shifted["policy_shift/k3"] > 0 and "passes/policy_shift" in shifted

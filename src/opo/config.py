@@ -100,6 +100,9 @@ class TrainConfig:
     micro_batch_tokens: int = doc(4096, "token budget of one micro-batch (prompt + completion tokens); gradients accumulate across micro-batches")
     threads: int = doc(0, "torch intra-op threads; 0 times one thread against all cores at start and keeps the faster (two were ~2.5x slower than one on some 2-vCPU machines)")
     deterministic: bool = doc(False, "use deterministic torch algorithms (for exact resume checks)")
+    shift_every: int = doc(5, "every N steps, estimate the policy shift KL(pi_before || pi_after) of the optimizer step(s) on the step's own tokens (k1 and k3; costs one forward pass; 0: never)")
+    repetition_n: int = doc(4, "n of the repeated n-gram metrics (per response, on token ids)")
+    repetition_min_count: int = doc(3, "a response counts as degenerate when some n-gram occurs at least this many times")
     eval_every: int = doc(0, "evaluate on the held-out set every N steps (0: only before and after training)")
     eval_before: bool = doc(True, "evaluate before training")
     eval_max_new_tokens: int = doc(24, "completion length limit of held-out evaluation")
@@ -142,10 +145,11 @@ class Config:
         validate_task(self.task)
         _validate_eval_k("train.eval_k", self.train.eval_k, self.train.eval_n)
         for key in ("rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
-                    "train.micro_batch_tokens", "train.eval_max_new_tokens",
+                    "train.micro_batch_tokens", "train.eval_max_new_tokens", "train.repetition_n",
+                    "train.repetition_min_count",
                     "algo.ppo_epochs", "algo.mini_batches", "checkpoint.keep"):
             _at_least(key, self.get(key), 1)
-        for key in ("train.steps", "train.threads", "train.eval_every", "train.eval_n", "checkpoint.every", "optim.warmup_steps",
+        for key in ("train.steps", "train.threads", "train.shift_every", "train.eval_every", "train.eval_n", "checkpoint.every", "optim.warmup_steps",
                     "optim.weight_decay", "optim.grad_clip", "algo.kl_coef", "algo.entropy_coef"):
             _at_least(key, self.get(key), 0)
         if not self.optim.lr > 0:

@@ -1,8 +1,10 @@
-"""Per-step metrics of a rollout batch and a JSONL writer."""
+"""Per-step metrics of a rollout batch, repetition measures, pass@k and a JSONL writer."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,6 +33,33 @@ def rollout_metrics(
         "length/mean": float(lengths.mean()),
         "length/max": float(lengths.max()),
         "length/truncated": sum(f == "length" for f in finish) / len(finish),
+    }
+
+
+def ngram_repetition(tokens: Sequence[Hashable], n: int = 4) -> float:
+    """Fraction of a response's n-grams that repeat an earlier n-gram of the same response.
+
+    ``1 - distinct / total`` over its ``len(tokens) - n + 1`` n-grams; 0 for a response shorter
+    than ``n``. Works on token ids or on words.
+    """
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def max_ngram_count(tokens: Sequence[Hashable], n: int = 4) -> int:
+    """How often the response's most frequent n-gram occurs (0 for a response shorter than ``n``)."""
+    counts = Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+    return max(counts.values(), default=0)
+
+
+def repetition_metrics(responses: Sequence[Sequence[Hashable]], n: int = 4, min_count: int = 3) -> dict[str, float]:
+    """Batch means: repeated n-gram fraction, and the share of degenerate responses (some n-gram
+    occurring at least ``min_count`` times)."""
+    if not responses:
+        return {"repetition/ngram_frac": 0.0, "repetition/degenerate": 0.0}
+    return {
+        "repetition/ngram_frac": sum(ngram_repetition(r, n) for r in responses) / len(responses),
+        "repetition/degenerate": sum(max_ngram_count(r, n) >= min_count for r in responses) / len(responses),
     }
 
 

@@ -25,7 +25,7 @@ from opo import checkpoint
 from opo.algos.advantages import ADVANTAGES
 from opo.config import Config, ConfigError
 from opo.evaluate import decode, encode, evaluate
-from opo.metrics import JsonlLogger, rollout_metrics
+from opo.metrics import JsonlLogger, repetition_metrics, rollout_metrics
 from opo.models import load_model
 from opo.rollout.hf import HFEngine
 from opo.runtime import pick_threads, resolve_precision
@@ -121,7 +121,8 @@ def train(cfg: Config) -> dict[str, Any]:
     bar = tqdm(range(start_step, cfg.train.steps), initial=start_step, total=cfg.train.steps,
                desc="opo train", disable=not cfg.train.progress, dynamic_ncols=True)
     for step in bar:
-        row, samples = rl_step(cfg, model, tok, engine, task, optimizer, ref_model, shuffle, data_pos)
+        shift = bool(cfg.train.shift_every) and (step + 1) % cfg.train.shift_every == 0
+        row, samples = rl_step(cfg, model, tok, engine, task, optimizer, ref_model, shuffle, data_pos, shift)
         scheduler.step()
         data_pos += P
         row = {"step": step + 1, **row, "lr": scheduler.get_last_lr()[0]}
@@ -168,8 +169,10 @@ def rl_step(
     ref_model: Optional[torch.nn.Module],
     shuffle: torch.Generator,
     data_pos: int,
+    measure_shift: bool = False,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """One RL step on the prompts at ``data_pos``: metrics and the step's samples."""
+    """One RL step on the prompts at ``data_pos``: metrics and the step's samples (``measure_shift``:
+    also the policy shift of the update, at the cost of one forward pass)."""
     P, K = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
     t_step = time.time()
     # 1. Sample K completions per prompt from the current weights.
@@ -193,7 +196,7 @@ def rl_step(
     group_ids = batch.group_ids()  # (N,)
     advantages = ADVANTAGES.get(cfg.algo.advantage)(rewards, mask, group_ids, **cfg.algo.advantage_params)
     data = StepData(prompt_list, group_index, completions, mask, sampler_logp, advantages, tok.pad_token_id)
-    update = policy_update(model, optimizer, cfg, data, ref_model, shuffle)
+    update = policy_update(model, optimizer, cfg, data, ref_model, shuffle, measure_shift)
     engine.sync_weights()
     t_train = time.time() - t0
 
@@ -202,6 +205,8 @@ def rl_step(
     row = {
         **rollout_metrics(rewards, advantages, mask, group_ids, [r.finish for r in batch.rollouts]),
         **update,
+        **repetition_metrics([r.completion for r in batch.rollouts], cfg.train.repetition_n,
+                             cfg.train.repetition_min_count),
         "reward/no_answer": sum(g.status == "no_answer" for g in graded) / len(graded),
         "reward/grader_failures": float(sum(g.status in ("timeout", "error") for g in graded)),
         "time/generate": t_gen, "time/reward": t_reward, "time/train": t_train,

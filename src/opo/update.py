@@ -111,10 +111,18 @@ def policy_update(
     data: StepData,
     ref_model: Optional[PreTrainedModel] = None,
     generator: Optional[torch.Generator] = None,
+    measure_shift: bool = False,
 ) -> dict[str, float]:
-    """Run the optimizer step(s) for one rollout batch and return metrics."""
+    """Run the optimizer step(s) for one rollout batch and return metrics.
+
+    With ``measure_shift`` it also estimates the policy shift KL(pi_before || pi_after) on the
+    batch's own tokens (sampled from pi_before), with the k1 and k3 estimators: one extra forward
+    pass after the last optimizer step.
+    """
     counts: Counter = Counter()
     old_logp = record_logprobs(model, cfg, data, counts, "passes/old_logprob") if cfg.off_policy else None
+    # pi_before's log-probs: recorded off-policy; on-policy the training forward gives them for free
+    before_logp = torch.zeros_like(data.mask) if measure_shift and old_logp is None else old_logp
     ref_logp = record_logprobs(ref_model, cfg, data, counts, "passes/reference") if ref_model is not None else None
     loss_fn = POLICY_LOSSES.get(cfg.algo.loss)
     loss_params = {}
@@ -138,6 +146,8 @@ def policy_update(
             for mb in micro_batches(data, mini, cfg.train.micro_batch_tokens):
                 rows, width, logp, ent = _forward(model, cfg, data, mb, entropy_grad=cfg.algo.entropy_coef > 0)
                 counts["passes/train_forward"] += 1
+                if measure_shift and old_logp is None:
+                    before_logp[rows, :width] = logp.detach()  # (n, width)
                 mask = data.mask[rows, :width]  # (n, width)
                 adv = data.advantages[rows, :width]
                 old = None if old_logp is None else old_logp[rows, :width]
@@ -179,6 +189,11 @@ def policy_update(
     }
     if ref_logp is not None:
         metrics["kl_ref"] = sums["kl"] / tokens
+    if measure_shift:
+        after_logp = record_logprobs(model, cfg, data, counts, "passes/policy_shift")
+        for name in ("k1", "k3"):  # samples come from pi_before: KL(before || after), Schulman 2020
+            kl = KL_ESTIMATORS.get(name)(before_logp, after_logp) * data.mask
+            metrics[f"policy_shift/{name}"] = float(kl.sum()) / max(float(data.mask.sum()), 1.0)
     metrics.update({k: float(v) for k, v in counts.items()})
     return metrics
 
