@@ -88,10 +88,12 @@ def test_eval_writes_table_summary_and_samples(tmp_path):
                f"out_dir={out}")
     assert "pass@4" in proc.stdout and "maj@2" in proc.stdout
     metrics = json.loads((out / "summary.json").read_text())["metrics"]
-    assert {"eval/accuracy", "eval/avg@n", "eval/pass@1", "eval/pass@4", "eval/maj@4", "eval/truncated"} <= set(metrics)
+    assert {"eval/accuracy", "eval/avg@n", "eval/pass@1", "eval/pass@4", "eval/maj@4", "eval/truncated",
+            "eval/repetition", "eval/degenerate"} <= set(metrics)
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 3 * (4 + 1)
-    assert {"prompt", "completion", "answer", "reference", "correct", "finish", "length"} <= set(rows[0])
+    assert {"prompt", "completion", "answer", "reference", "correct", "finish", "length", "repetition",
+            "degenerate"} <= set(rows[0])
 
 
 def test_eval_refuses_k_larger_than_n():

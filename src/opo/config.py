@@ -101,8 +101,6 @@ class TrainConfig:
     threads: int = doc(0, "torch intra-op threads; 0 times one thread against all cores at start and keeps the faster (two were ~2.5x slower than one on some 2-vCPU machines)")
     deterministic: bool = doc(False, "use deterministic torch algorithms (for exact resume checks)")
     shift_every: int = doc(5, "every N steps, estimate the policy shift KL(pi_before || pi_after) of the optimizer step(s) on the step's own tokens (k1 and k3; costs one forward pass; 0: never)")
-    repetition_n: int = doc(4, "n of the repeated n-gram metrics (per response, on token ids)")
-    repetition_min_count: int = doc(3, "a response counts as degenerate when some n-gram occurs at least this many times")
     eval_every: int = doc(0, "evaluate on the held-out set every N steps (0: only before and after training)")
     eval_before: bool = doc(True, "evaluate before training")
     eval_max_new_tokens: int = doc(24, "completion length limit of held-out evaluation")
@@ -111,6 +109,12 @@ class TrainConfig:
     eval_temperature: float = doc(1.0, "sampling temperature of held-out evaluation when eval_n > 0")
     run_dir: str = doc("runs/{time}", "where metrics, checkpoints and the config go; {time} becomes a timestamp")
     progress: bool = doc(True, "show a progress bar")
+
+
+@dataclass
+class RepetitionConfig:
+    n: int = doc(4, "n of the repeated n-gram metrics (per response, on token ids)")
+    min_count: int = doc(3, "a response counts as degenerate when some n-gram occurs at least this many times")
 
 
 @dataclass
@@ -128,6 +132,7 @@ class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    repetition: RepetitionConfig = field(default_factory=RepetitionConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def validate(self) -> "Config":
@@ -145,8 +150,8 @@ class Config:
         validate_task(self.task)
         _validate_eval_k("train.eval_k", self.train.eval_k, self.train.eval_n)
         for key in ("rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
-                    "train.micro_batch_tokens", "train.eval_max_new_tokens", "train.repetition_n",
-                    "train.repetition_min_count",
+                    "train.micro_batch_tokens", "train.eval_max_new_tokens", "repetition.n",
+                    "repetition.min_count",
                     "algo.ppo_epochs", "algo.mini_batches", "checkpoint.keep"):
             _at_least(key, self.get(key), 1)
         for key in ("train.steps", "train.threads", "train.shift_every", "train.eval_every", "train.eval_n", "checkpoint.every", "optim.warmup_steps",
@@ -203,6 +208,7 @@ class EvalConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=lambda: TaskConfig(name="gsm8k", eval_size=0))
+    repetition: RepetitionConfig = field(default_factory=RepetitionConfig)
     n: int = doc(1, "sampled completions per problem (0: greedy only)")
     k: list = doc([1], "k values of pass@k and maj@k, e.g. k=1,4,8 (each <= n)")
     temperature: float = doc(0.6, "sampling temperature of the n samples")
@@ -222,6 +228,8 @@ class EvalConfig:
         _at_least("n", self.n, 0)
         _at_least("max_new_tokens", self.max_new_tokens, 1)
         _at_least("batch_size", self.batch_size, 1)
+        _at_least("repetition.n", self.repetition.n, 1)
+        _at_least("repetition.min_count", self.repetition.min_count, 1)
         _validate_eval_k("k", self.k, self.n)
         if self.n and not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0 when n > 0, got {self.temperature}")

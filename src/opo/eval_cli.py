@@ -28,7 +28,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, float]:
     engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, cfg.precision, seed=cfg.seed)
     try:
         metrics, samples = evaluate(engine, tok, task, n=cfg.n, ks=tuple(cfg.k), temperature=cfg.temperature,
-                                    max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy, batch_size=cfg.batch_size)
+                                    max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy, batch_size=cfg.batch_size,
+                                    repetition=(cfg.repetition.n, cfg.repetition.min_count))
     finally:
         task.close()
     metrics["time/eval_s"] = time.time() - started

@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from opo.metrics import majority_vote, pass_at_k
+from opo.metrics import majority_vote, max_ngram_count, ngram_repetition, pass_at_k
 from opo.rollout.base import Engine
 from opo.tasks.base import Example, Task
 
@@ -39,10 +39,14 @@ class Sample:
     status: str
     finish: str
     length: int
+    repetition: float  # repeated n-gram fraction of the completion's tokens
+    degenerate: bool  # some n-gram occurs at least min_count times
 
 
 def _generate(engine: Engine, tokenizer: Any, task: Task, examples: list[Example], prompts: list[list[int]],
-              n: int, temperature: float, max_new_tokens: int, batch_size: int, mode: str) -> list[Sample]:
+              n: int, temperature: float, max_new_tokens: int, batch_size: int, mode: str,
+              repetition: tuple[int, int]) -> list[Sample]:
+    rep_n, rep_min = repetition
     per_call = max(1, batch_size // n)  # problems per engine call
     out: list[Sample] = []
     for start in range(0, len(examples), per_call):
@@ -53,7 +57,8 @@ def _generate(engine: Engine, tokenizer: Any, task: Task, examples: list[Example
         for r, text, g in zip(batch.rollouts, texts, graded):
             ex = examples[r.group]
             out.append(Sample(r.group, mode, ex.messages[-1]["content"], text, g.answer, ex.reference, g.correct,
-                              g.status, r.finish, len(r.completion)))
+                              g.status, r.finish, len(r.completion), ngram_repetition(r.completion, rep_n),
+                              max_ngram_count(r.completion, rep_n) >= rep_min))
     return out
 
 
@@ -68,8 +73,10 @@ def evaluate(
     max_new_tokens: int = 512,
     greedy: bool = True,
     batch_size: int = 64,
+    repetition: tuple[int, int] = (4, 3),
 ) -> tuple[dict[str, float], list[Sample]]:
-    """Metrics (flat ``eval/...`` keys) and every sample; ``n`` sampled completions per problem."""
+    """Metrics (flat ``eval/...`` keys) and every sample; ``n`` sampled completions per problem;
+    ``repetition`` is (n, min_count) of the n-gram repetition measures."""
     if n and temperature <= 0:
         raise ValueError(f"sampled evaluation (n={n}) needs temperature > 0, got {temperature}")
     for k in ks:
@@ -79,10 +86,11 @@ def evaluate(
     prompts = encode(tokenizer, examples)
     samples: list[Sample] = []
     if greedy:
-        samples += _generate(engine, tokenizer, task, examples, prompts, 1, 0.0, max_new_tokens, batch_size, "greedy")
+        samples += _generate(engine, tokenizer, task, examples, prompts, 1, 0.0, max_new_tokens, batch_size, "greedy",
+                             repetition)
     if n:
         samples += _generate(engine, tokenizer, task, examples, prompts, n, temperature, max_new_tokens, batch_size,
-                             "sampled")
+                             "sampled", repetition)
     metrics = summarise(samples, examples, ks if n else ())
     for key in sorted({k for ex in examples for k in ex.metadata if isinstance(ex.metadata[k], (str, int))}):
         groups: dict[str, list[int]] = defaultdict(list)
@@ -119,6 +127,8 @@ def summarise(samples: list[Sample], examples: list[Example], ks: tuple[int, ...
     if samples:
         out["eval/length"] = sum(s.length for s in samples) / len(samples)
         out["eval/truncated"] = sum(s.finish == "length" for s in samples) / len(samples)
+        out["eval/repetition"] = sum(s.repetition for s in samples) / len(samples)
+        out["eval/degenerate"] = sum(s.degenerate for s in samples) / len(samples)
         out["eval/no_answer"] = sum(s.status == "no_answer" for s in samples) / len(samples)
         out["eval/grader_timeouts"] = float(sum(s.status == "timeout" for s in samples))
         out["eval/grader_errors"] = float(sum(s.status == "error" for s in samples))

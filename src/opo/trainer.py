@@ -107,7 +107,8 @@ def train(cfg: Config) -> dict[str, Any]:
         t0 = time.time()
         ks = tuple(k for k in cfg.train.eval_k if k <= cfg.train.eval_n)
         result, _ = evaluate(engine, tok, task, n=cfg.train.eval_n, ks=ks, temperature=cfg.train.eval_temperature,
-                             max_new_tokens=cfg.train.eval_max_new_tokens)
+                             max_new_tokens=cfg.train.eval_max_new_tokens,
+                             repetition=(cfg.repetition.n, cfg.repetition.min_count))
         result["time/eval"] = time.time() - t0
         return result
 
@@ -205,8 +206,7 @@ def rl_step(
     row = {
         **rollout_metrics(rewards, advantages, mask, group_ids, [r.finish for r in batch.rollouts]),
         **update,
-        **repetition_metrics([r.completion for r in batch.rollouts], cfg.train.repetition_n,
-                             cfg.train.repetition_min_count),
+        **repetition_metrics([r.completion for r in batch.rollouts], cfg.repetition.n, cfg.repetition.min_count),
         "reward/no_answer": sum(g.status == "no_answer" for g in graded) / len(graded),
         "reward/grader_failures": float(sum(g.status in ("timeout", "error") for g in graded)),
         "time/generate": t_gen, "time/reward": t_reward, "time/train": t_train,
