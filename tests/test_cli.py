@@ -99,3 +99,26 @@ def test_eval_writes_table_summary_and_samples(tmp_path):
 def test_eval_refuses_k_larger_than_n():
     proc = opo("eval", "model.path=tiny", "n=2", "k=1,4", check=False)
     assert proc.returncode == 2 and "pass@4 needs at least 4 samples" in proc.stderr
+
+
+def test_diagnose_reports_every_baseline_and_the_length_fit(tmp_path):
+    out = tmp_path / "diag"
+    proc = opo("diagnose", "model.path=tiny", "prompts=2", "samples=3", "max_new_tokens=5", "task.eval_size=6",
+               "model.precision=fp32", f"out_dir={out}")
+    for name in ("none", "group_mean", "grpo", "rloo", "opo", "optimal", "Pearson", "exact"):
+        assert name in proc.stdout, name
+    result = json.loads((out / "diagnose.json").read_text())
+    assert len(result["responses"]) == 6 and all(r["sq_grad_norm"] > 0 for r in result["responses"])
+    rewards = [r["reward"] for r in result["responses"]]
+    if any(rewards):
+        assert result["baselines"]["none"]["relative"] == 1.0
+    else:  # a random model earns nothing: no variance for any baseline to reduce
+        assert all(b["variance"] == 0 and b["relative"] is None for b in result["baselines"].values())
+    sketch = opo("diagnose", "model.path=tiny", "prompts=1", "samples=2", "max_new_tokens=3", "task.eval_size=6",
+                 "method=sketch", "sketch_dim=1024", f"out_dir={tmp_path / 'sk'}")
+    assert "count sketch, 1024 dims" in sketch.stdout
+
+
+def test_diagnose_refuses_groups_of_one():
+    proc = opo("diagnose", "model.path=tiny", "samples=1", check=False)
+    assert proc.returncode == 2 and "rollout.samples_per_prompt must be >= 2" in proc.stderr

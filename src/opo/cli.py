@@ -6,7 +6,15 @@ import argparse
 import sys
 from typing import Optional
 
-from opo.config import ConfigError, EvalConfig, describe, load_config, load_eval_config
+from opo.config import (
+    ConfigError,
+    DiagnoseConfig,
+    EvalConfig,
+    describe,
+    load_config,
+    load_diagnose_config,
+    load_eval_config,
+)
 from opo.runtime import reuse_large_allocations
 
 USAGE = """opo: on-policy RL for language models with verifiable rewards (OPO, arXiv 2505.23585)
@@ -14,6 +22,8 @@ USAGE = """opo: on-policy RL for language models with verifiable rewards (OPO, a
 commands:
   opo train [CONFIG.yaml] [key=value ...]   train a policy (no arguments: the embedded default)
   opo eval  [CONFIG.yaml] [key=value ...]   pass@k / maj@k / greedy accuracy on a benchmark
+  opo diagnose [CONFIG.yaml] [key=value ...] gradient variance under each reward baseline
+  opo report RUN_DIR [RUN_DIR ...]          one HTML file overlaying runs' metrics and configs
 
 Run 'opo train --help' or 'opo eval --help' for every config key."""
 
@@ -44,18 +54,40 @@ def main(argv: Optional[list[str]] = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p_eval.add_argument("settings", nargs="*", help="[CONFIG.yaml] [key=value ...]")
+    p_diag = sub.add_parser(
+        "diagnose", help="per-response gradients: variance under each reward baseline, |g|^2 vs length",
+        description="Sample K responses to P prompts, measure each response's gradient of log pi, and report\n"
+        "the policy-gradient variance under each baseline (none, group mean, GRPO, RLOO, OPO, exact optimal)\n"
+        "and how well length predicts |g|^2. Shortcuts: prompts=P samples=K max_new_tokens=T task=NAME.\n\n"
+        "config keys:\n" + describe(DiagnoseConfig()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p_diag.add_argument("settings", nargs="*", help="[CONFIG.yaml] [key=value ...]")
+    p_report = sub.add_parser("report", help="one self-contained HTML file comparing runs")
+    p_report.add_argument("runs", nargs="+", help="run directories (each with metrics.jsonl and config.yaml)")
+    p_report.add_argument("-o", "--out", default="report.html", help="output HTML file (default: report.html)")
     ns = parser.parse_args(argv)
     if ns.command is None:
         parser.print_help()
         return 0
     reuse_large_allocations()  # a process-wide choice, so the CLI (not the library) makes it
     try:
+        if ns.command == "report":
+            from opo.report import write_report
+
+            print(f"wrote {write_report(ns.runs, ns.out)}")
+            return 0
         config_path, overrides = _split_args(ns.settings)
         if ns.command == "train":
             cfg = load_config(config_path, overrides)
             from opo.trainer import train  # heavy imports only once the config is valid
 
             train(cfg)
+        elif ns.command == "diagnose":
+            dcfg = load_diagnose_config(config_path, overrides)
+            from opo.diagnose_cli import run_diagnose
+
+            run_diagnose(dcfg)
         else:
             ecfg = load_eval_config(config_path, overrides)
             from opo.eval_cli import run_eval

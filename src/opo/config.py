@@ -241,6 +241,52 @@ class EvalConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class DiagnoseConfig:
+    """Settings of ``opo diagnose``: K responses to each of P prompts, one gradient per response."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(prompts_per_step=4))
+    start: int = doc(0, "training-stream position of the first prompt")
+    method: str = doc("auto", "per-response gradients: 'exact', 'sketch' (count sketch to sketch_dim dimensions), or 'auto' (exact when one group's gradients fit in exact_max_gb)")
+    sketch_dim: int = doc(65536, "dimensions of the count sketch (relative error of inner products ~ sqrt(2 / sketch_dim))")
+    exact_max_gb: float = doc(8.0, "memory allowed for one group's exact gradients under method=auto")
+    seed: int = doc(0, "sampling and sketch seed")
+    threads: int = doc(0, "torch intra-op threads; 0 picks the faster of one thread and all cores at start")
+    out_dir: str = doc("runs/diagnose-{time}", "where diagnose.json goes; {time} becomes a timestamp")
+
+    def validate(self) -> "DiagnoseConfig":
+        validate_task(self.task)
+        _choice("method", self.method, ["auto", "exact", "sketch"])
+        _choice("model.precision", self.model.precision, PRECISIONS)
+        _choice("model.attention", self.model.attention, ["eager", "sdpa"])
+        for key in ("rollout.prompts_per_step", "rollout.max_new_tokens", "sketch_dim"):
+            _at_least(key, get_key(self, key), 1)
+        _at_least("rollout.samples_per_prompt", self.rollout.samples_per_prompt, 2)  # variances need pairs
+        _at_least("start", self.start, 0)
+        _at_least("threads", self.threads, 0)
+        if not self.rollout.temperature > 0:
+            raise ConfigError(f"rollout.temperature must be > 0, got {self.rollout.temperature}")
+        if not self.exact_max_gb > 0:
+            raise ConfigError(f"exact_max_gb must be > 0, got {self.exact_max_gb}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+DIAGNOSE_ALIASES = {"task": "task.name", "prompts": "rollout.prompts_per_step", "samples": "rollout.samples_per_prompt",
+                    "max_new_tokens": "rollout.max_new_tokens"}
+
+
+def load_diagnose_config(path: Optional[str] = None, overrides: list[str] = ()) -> DiagnoseConfig:
+    """``opo diagnose`` settings: defaults, YAML file, ``key=value`` overrides; validated."""
+    cfg = DiagnoseConfig()
+    apply_settings(cfg, path, list(overrides), DIAGNOSE_ALIASES)
+    return cfg.validate()
+
+
 EVAL_ALIASES = {"task": "task.name", "limit": "task.eval_size", "data_path": "task.data_path"}
 
 
