@@ -57,6 +57,11 @@ def test_train_writes_metrics_checkpoint_and_summary(tmp_path):
     assert {"before", "after", "wall_time_s"} <= set(summary)
     ckpt = run / "checkpoints" / "step_0000003"
     assert (ckpt / "model.safetensors").is_file() and (ckpt / "config.yaml").is_file()
+    page = tmp_path / "report.html"
+    opo("report", str(run), "-o", str(page))
+    assert page.read_text().count("<polyline") >= 8  # every plotted metric of this run has a line
+    bad = opo("report", str(tmp_path / "missing"), check=False)
+    assert bad.returncode == 2 and "no metrics.jsonl" in bad.stderr
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):

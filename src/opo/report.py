@@ -1,0 +1,202 @@
+"""``opo report``: one self-contained HTML file overlaying the metrics of several runs.
+
+Plots are inline SVG drawn here (no plotting library, no script, no network), so the file opens
+offline in any browser and diffs cleanly. Each run directory needs ``metrics.jsonl``; its
+``config.yaml`` and ``summary.json`` are used when present.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+# (metric key, title, y-axis label); rows of metrics.jsonl carrying the key are plotted against "step".
+PLOTS = [
+    ("reward/mean", "Training reward", "mean reward"),
+    ("eval/accuracy", "Held-out accuracy (greedy)", "accuracy"),
+    ("entropy", "Token entropy", "nats / token"),
+    ("policy_shift/k3", "Policy shift KL(before || after), k3", "nats / token"),
+    ("length/mean", "Response length", "tokens"),
+    ("repetition/ngram_frac", "Repeated n-gram fraction", "fraction"),
+    ("repetition/degenerate", "Degenerate responses", "fraction"),
+    ("grad_norm", "Gradient norm (before clipping)", "L2 norm"),
+    ("time/step", "Time per step", "seconds"),
+]
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+
+def load_run(path: Path) -> dict[str, Any]:
+    """A run's metric rows, flattened config and summary; a clear error when it is not a run directory."""
+    metrics = path / "metrics.jsonl"
+    if not metrics.is_file():
+        raise ValueError(f"{path} is not an opo run directory: no metrics.jsonl")
+    rows = []
+    for n, line in enumerate(metrics.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{metrics}:{n}: not valid JSON ({e.msg})") from None
+    config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
+    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
+    return {"name": path.name or str(path), "path": str(path), "rows": rows, "config": _flatten(config or {}),
+            "summary": summary}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def series(run: dict[str, Any], key: str) -> list[tuple[float, float]]:
+    """(step, value) points of ``key``; a step logged twice (the final evaluation) keeps its last value."""
+    points: dict[float, float] = {}
+    for row in run["rows"]:
+        value = row.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value) and "step" in row:
+            points[float(row["step"])] = float(value)
+    return sorted(points.items())
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About ``n`` round tick values covering [lo, hi]."""
+    raw = (hi - lo) / max(n - 1, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.floor(lo / step) * step
+    return [first + i * step for i in range(int(math.ceil((hi - first) / step)) + 1)]
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
+
+
+def line_chart(title: str, ylabel: str, lines: list[tuple[str, str, list[tuple[float, float]]]],
+               width: int = 440, height: int = 250) -> str:
+    """An SVG line chart; ``lines`` holds (label, colour, points). Points are also marked, so sparse
+    series (held-out evaluations) stay visible."""
+    left, right, top, bottom = 58, 12, 26, 38
+    pts = [p for _, _, ps in lines for p in ps]
+    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
+           f'<text x="{width / 2}" y="16" text-anchor="middle" class="title">{html.escape(title)}</text>']
+    if not pts:
+        out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="empty">no data in these runs</text>')
+        return "\n".join(out + ["</svg>"])
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    if y1 == y0:
+        y0, y1 = y0 - (abs(y0) or 1) * 0.1, y1 + (abs(y1) or 1) * 0.1
+    yt, xt = _ticks(y0, y1), _ticks(x0, x1)
+    y0, y1, x0, x1 = min(yt[0], y0), max(yt[-1], y1), min(xt[0], x0), max(xt[-1], x1)
+    pw, ph = width - left - right, height - top - bottom
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * pw
+
+    def sy(y: float) -> float:
+        return top + (1 - (y - y0) / (y1 - y0)) * ph
+
+    for t in yt:
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" class="grid"/>'
+                   f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+    for t in xt:
+        out.append(f'<text x="{sx(t):.1f}" y="{top + ph + 16}" text-anchor="middle">{_fmt(t)}</text>')
+    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="frame"/>')
+    out.append(f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle">step</text>')
+    out.append(f'<text transform="translate(12 {top + ph / 2}) rotate(-90)" text-anchor="middle">{html.escape(ylabel)}</text>')
+    for label, color, ps in lines:
+        if not ps:
+            continue
+        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in ps)
+        out.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.6" '
+                   f'data-run="{html.escape(label)}"/>')
+        r = 2.5 if len(ps) <= 40 else 0
+        out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="{r}" fill="{color}"/>' for x, y in ps if r]
+    return "\n".join(out + ["</svg>"])
+
+
+def config_table(runs: list[dict[str, Any]]) -> str:
+    """Configs side by side; keys whose values differ come first and are highlighted."""
+    def cell(run: dict[str, Any], k: str) -> str:
+        return json.dumps(run["config"][k], default=str) if k in run["config"] else "-"
+
+    def differs(k: str) -> bool:
+        return len({cell(r, k) for r in runs}) > 1
+
+    keys = sorted({k for r in runs for k in r["config"]}, key=lambda k: (not differs(k), k))
+    head = "".join(f"<th>{html.escape(r['name'])}</th>" for r in runs)
+    rows = []
+    for k in keys:
+        cells = "".join(f"<td>{html.escape(cell(r, k))}</td>" for r in runs)
+        rows.append(f'<tr class="{"diff" if differs(k) else "same"}"><th>{html.escape(k)}</th>{cells}</tr>')
+    return f'<table class="config"><tr><th>key</th>{head}</tr>\n' + "\n".join(rows) + "</table>"
+
+
+def summary_table(runs: list[dict[str, Any]]) -> str:
+    rows = []
+    for i, r in enumerate(runs):
+        s = r["summary"]
+        cells = [f'<td><span class="swatch" style="background:{COLORS[i % len(COLORS)]}"></span>'
+                 f'{html.escape(r["name"])}</td>']
+        for when in ("before", "after"):
+            v = s.get(when, {}).get("eval/accuracy")
+            cells.append(f"<td>{v:.1%}</td>" if isinstance(v, (int, float)) else "<td>-</td>")
+        for key in ("entropy", "policy_shift/k3", "repetition/degenerate"):
+            vals = [v for _, v in series(r, key)]
+            cells.append(f"<td>{sum(vals) / len(vals):.4g}</td>" if vals else "<td>-</td>")
+        wall = s.get("wall_time_s")
+        cells.append(f"<td>{wall / 60:.1f} min</td>" if isinstance(wall, (int, float)) else "<td>-</td>")
+        cells.append(f"<td>{html.escape(r['path'])}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    head = ("<tr><th>run</th><th>held-out accuracy before</th><th>after</th><th>mean entropy</th>"
+            "<th>mean policy shift (k3)</th><th>mean degenerate share</th><th>wall time</th><th>directory</th></tr>")
+    return f'<table class="summary">{head}\n' + "\n".join(rows) + "</table>"
+
+
+CSS = """body{font:14px system-ui,sans-serif;margin:24px;color:#222}h1{font-size:20px}h2{font-size:16px;margin-top:28px}
+.charts{display:flex;flex-wrap:wrap;gap:10px}.chart{border:1px solid #ddd;background:#fff}
+.chart text{font-size:11px;fill:#333}.chart .title{font-size:13px;font-weight:600}.chart .grid{stroke:#eee}
+.chart .frame{fill:none;stroke:#999}.chart .empty{fill:#999}table{border-collapse:collapse;margin-top:8px}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;font-size:12px}tr.diff{background:#fff3c4}
+tr.same{color:#777}.swatch{display:inline-block;width:10px;height:10px;margin-right:6px}
+.legend span{margin-right:16px}"""
+
+
+def render(runs: list[dict[str, Any]], title: Optional[str] = None) -> str:
+    """The report as one HTML string."""
+    colors = {r["name"]: COLORS[i % len(COLORS)] for i, r in enumerate(runs)}
+    legend = "".join(f'<span><span class="swatch" style="background:{c}"></span>{html.escape(n)}</span>'
+                     for n, c in colors.items())
+    charts = [line_chart(t, y, [(r["name"], colors[r["name"]], series(r, key)) for r in runs]) for key, t, y in PLOTS]
+    title = title or "opo report: " + ", ".join(r["name"] for r in runs)
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
+            f"<h2>Summary</h2>\n{summary_table(runs)}\n<h2>Metrics per step</h2>\n<p class=\"legend\">{legend}</p>\n"
+            f"<div class=\"charts\">\n" + "\n".join(charts) + "\n</div>\n"
+            f"<h2>Configurations (differences highlighted)</h2>\n{config_table(runs)}\n</body></html>\n")
+
+
+def write_report(run_dirs: list[str], out: str) -> Path:
+    """Render the runs in ``run_dirs`` into the HTML file ``out``; returns its path."""
+    runs = [load_run(Path(d)) for d in run_dirs]
+    names = [r["name"] for r in runs]
+    for r in runs:  # two runs named alike (a/run, b/run) keep their parent's name too
+        if names.count(r["name"]) > 1:
+            r["name"] = f"{Path(r['path']).parent.name}/{r['name']}"
+    path = Path(out)
+    path.write_text(render(runs))
+    return path
