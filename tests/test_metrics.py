@@ -51,3 +51,18 @@ def test_ngram_repetition_on_hand_made_strings():
     assert m["repetition/ngram_frac"] == pytest.approx((0 + 3 / 5 + 8 / 9) / 3)
     assert repetition_metrics([[1, 2, 3, 4, 1, 2, 3, 4]], n=4, min_count=3)["repetition/degenerate"] == 0.0
     assert repetition_metrics([], 4, 3) == {"repetition/ngram_frac": 0.0, "repetition/degenerate": 0.0}
+
+
+def test_jsonl_logger_mirrors_numbers_to_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from opo.metrics import JsonlLogger
+
+    log = JsonlLogger(tmp_path / "m.jsonl", tmp_path / "tb")
+    log.log({"step": 1, "reward/mean": 0.25, "note": "text", "flag": True})
+    log.log({"step": 2, "reward/mean": 0.5})
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert acc.Tags()["scalars"] == ["reward/mean"]
+    assert [(e.step, e.value) for e in acc.Scalars("reward/mean")] == [(1, 0.25), (2, 0.5)]
+    assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 2

@@ -64,15 +64,28 @@ def repetition_metrics(responses: Sequence[Sequence[Hashable]], n: int = 4, min_
 
 
 class JsonlLogger:
-    """Appends one JSON object per line to ``path``."""
+    """Appends one JSON object per line to ``path``; with ``tensorboard_dir``, also writes each
+    numeric value of a row as a TensorBoard scalar at the row's ``step`` (for live viewing)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, tensorboard_dir: Optional[Path] = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.tb = None
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ValueError("train.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+            self.tb = SummaryWriter(str(tensorboard_dir))
 
     def log(self, row: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tb.add_scalar(key, value, row["step"])
+            self.tb.flush()
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -100,7 +100,7 @@ def train(cfg: Config) -> dict[str, Any]:
         print(f"resume: continuing from {resume_from} (step {start_step})")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    log = JsonlLogger(run_dir / "metrics.jsonl")
+    log = JsonlLogger(run_dir / "metrics.jsonl", run_dir / "tensorboard" if cfg.train.tensorboard else None)
     samples_log = JsonlLogger(run_dir / "samples.jsonl")
 
     def held_out() -> dict[str, float]:
