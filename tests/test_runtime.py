@@ -44,6 +44,7 @@ def test_configure_compute_resolves_auto_and_keeps_explicit_choices():
         cfg = load_config(None, ["train.threads=1"])
         assert "1 thread" in configure_compute(cfg)
         assert cfg.model.precision == cfg.rollout.precision == resolve_precision("auto")
+        assert "1 thread" in configure_compute(load_config(None, ["train.deterministic=true"]))  # no timed choice
         cfg = load_config(None, ["train.threads=1", "model.precision=bf16"])
         configure_compute(cfg)
         assert cfg.rollout.precision == "bf16"  # auto sampling follows the training precision

@@ -98,7 +98,7 @@ class TrainConfig:
     steps: int = doc(30, "RL steps (rollout batches) to run")
     seed: int = doc(0, "seed of sampling and of the tiny model's weights")
     micro_batch_tokens: int = doc(4096, "token budget of one micro-batch (prompt + completion tokens); gradients accumulate across micro-batches")
-    threads: int = doc(0, "torch intra-op threads; 0 times one thread against all cores at start and keeps the faster (two were ~2.5x slower than one on some 2-vCPU machines)")
+    threads: int = doc(0, "torch intra-op threads; 0 times one thread against all cores at start and keeps the faster (two were ~2.5x slower than one on some 2-vCPU machines); 0 with deterministic=true means 1")
     deterministic: bool = doc(False, "use deterministic torch algorithms (for exact resume checks)")
     shift_every: int = doc(5, "every N steps, estimate the policy shift KL(pi_before || pi_after) of the optimizer step(s) on the step's own tokens (k1 and k3; costs one forward pass; 0: never)")
     eval_every: int = doc(0, "evaluate on the held-out set every N steps (0: only before and after training)")

@@ -51,7 +51,8 @@ def configure_compute(cfg: Config) -> str:
     cfg.model.precision = resolve_precision(cfg.model.precision)
     cfg.rollout.precision = resolve_precision(
         cfg.model.precision if cfg.rollout.precision == "auto" else cfg.rollout.precision)
-    threads = pick_threads(cfg.train.threads)
+    # a timed choice could differ between a run and its resume: deterministic runs use one thread
+    threads = pick_threads(cfg.train.threads or (1 if cfg.train.deterministic else 0))
     cfg.train.threads = threads
     return (f"compute: {cfg.model.precision} training, {cfg.rollout.precision} sampling, "
             f"{threads} thread{'s' if threads > 1 else ''}")
