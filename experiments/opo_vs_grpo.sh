@@ -22,5 +22,5 @@ for seed in $SEEDS; do
   wait
   run grpo_off "$seed" configs/grpo_off_policy.yaml
 done
-.venv/bin/opo report runs/compare/*/ -o docs/opo_vs_grpo.html
+.venv/bin/opo report runs/compare/*/ -o docs/opo_vs_grpo.html --svg-dir docs/plots
 .venv/bin/python experiments/table.py runs/compare/*/

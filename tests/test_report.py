@@ -27,7 +27,7 @@ def fake_run(root, name, lr, steps=6, seed=0):
 
 def test_report_has_every_plot_a_line_per_run_and_highlights_differences(tmp_path):
     a, b = fake_run(tmp_path, "opo", 1e-5), fake_run(tmp_path, "grpo", 2e-5, seed=1)
-    out = write_report([str(a), str(b)], str(tmp_path / "r.html"))
+    out = write_report([str(a), str(b)], str(tmp_path / "r.html"), str(tmp_path / "svg"))
     page = out.read_text()
     assert page.startswith("<!DOCTYPE html>") and "<script" not in page and "http://" not in page.replace(
         'xmlns="http://www.w3.org/2000/svg"', "")  # self-contained: nothing to fetch
@@ -41,6 +41,9 @@ def test_report_has_every_plot_a_line_per_run_and_highlights_differences(tmp_pat
     assert diff_rows == ["optim.lr"]  # the only differing key, listed first
     assert '<tr class="same"><th>algo.advantage</th>' in page
     assert "20.0%" in page and "10.0 min" in page
+    standalone = (tmp_path / "svg" / "reward_mean.svg").read_text()
+    assert standalone.startswith("<svg") and "<style>" in standalone and ">opo  <" in standalone
+    assert len(list((tmp_path / "svg").glob("*.svg"))) == len(PLOTS)
 
 
 def test_chart_without_data_says_so_and_a_constant_series_still_draws():

@@ -66,6 +66,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p_report = sub.add_parser("report", help="one self-contained HTML file comparing runs")
     p_report.add_argument("runs", nargs="+", help="run directories (each with metrics.jsonl and config.yaml)")
     p_report.add_argument("-o", "--out", default="report.html", help="output HTML file (default: report.html)")
+    p_report.add_argument("--svg-dir", help="also write each chart as its own SVG file into this directory")
     ns = parser.parse_args(argv)
     if ns.command is None:
         parser.print_help()
@@ -75,7 +76,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if ns.command == "report":
             from opo.report import write_report
 
-            print(f"wrote {write_report(ns.runs, ns.out)}")
+            print(f"wrote {write_report(ns.runs, ns.out, ns.svg_dir)}")
             return 0
         config_path, overrides = _split_args(ns.settings)
         if ns.command == "train":

@@ -27,6 +27,9 @@ PLOTS = [
     ("grad_norm", "Gradient norm (before clipping)", "L2 norm"),
     ("time/step", "Time per step", "seconds"),
 ]
+# Inside every SVG, so a chart saved on its own (--svg-dir) looks as it does in the page.
+SVG_STYLE = ("<style>text{font:11px system-ui,sans-serif;fill:#333}.title{font-size:13px;font-weight:600}"
+             ".grid{stroke:#eee}.frame{fill:none;stroke:#999}.empty{fill:#999}</style>")
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -85,10 +88,11 @@ def line_chart(title: str, ylabel: str, lines: list[tuple[str, str, list[tuple[f
                width: int = 440, height: int = 250) -> str:
     """An SVG line chart; ``lines`` holds (label, colour, points). Points are also marked, so sparse
     series (held-out evaluations) stay visible."""
-    left, right, top, bottom = 58, 12, 26, 38
+    left, right, top, bottom = 58, 12, 40, 38  # the top margin leaves a line for a legend
     pts = [p for _, _, ps in lines for p in ps]
     out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">', SVG_STYLE,
+           f'<rect width="{width}" height="{height}" fill="#fff"/>',
            f'<text x="{width / 2}" y="16" text-anchor="middle" class="title">{html.escape(title)}</text>']
     if not pts:
         out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="empty">no data in these runs</text>')
@@ -168,30 +172,34 @@ def summary_table(runs: list[dict[str, Any]]) -> str:
 
 
 CSS = """body{font:14px system-ui,sans-serif;margin:24px;color:#222}h1{font-size:20px}h2{font-size:16px;margin-top:28px}
-.charts{display:flex;flex-wrap:wrap;gap:10px}.chart{border:1px solid #ddd;background:#fff}
-.chart text{font-size:11px;fill:#333}.chart .title{font-size:13px;font-weight:600}.chart .grid{stroke:#eee}
-.chart .frame{fill:none;stroke:#999}.chart .empty{fill:#999}table{border-collapse:collapse;margin-top:8px}
+.charts{display:flex;flex-wrap:wrap;gap:10px}.chart{border:1px solid #ddd}table{border-collapse:collapse;margin-top:8px}
 td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;font-size:12px}tr.diff{background:#fff3c4}
 tr.same{color:#777}.swatch{display:inline-block;width:10px;height:10px;margin-right:6px}
 .legend span{margin-right:16px}"""
 
 
+def charts(runs: list[dict[str, Any]]) -> dict[str, str]:
+    """One SVG chart per plotted metric key, a line per run."""
+    colors = {r["name"]: COLORS[i % len(COLORS)] for i, r in enumerate(runs)}
+    return {key: line_chart(t, y, [(r["name"], colors[r["name"]], series(r, key)) for r in runs])
+            for key, t, y in PLOTS}
+
+
 def render(runs: list[dict[str, Any]], title: Optional[str] = None) -> str:
     """The report as one HTML string."""
-    colors = {r["name"]: COLORS[i % len(COLORS)] for i, r in enumerate(runs)}
-    legend = "".join(f'<span><span class="swatch" style="background:{c}"></span>{html.escape(n)}</span>'
-                     for n, c in colors.items())
-    charts = [line_chart(t, y, [(r["name"], colors[r["name"]], series(r, key)) for r in runs]) for key, t, y in PLOTS]
+    legend = "".join(f'<span><span class="swatch" style="background:{COLORS[i % len(COLORS)]}"></span>'
+                     f'{html.escape(r["name"])}</span>' for i, r in enumerate(runs))
     title = title or "opo report: " + ", ".join(r["name"] for r in runs)
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
             f"<h2>Summary</h2>\n{summary_table(runs)}\n<h2>Metrics per step</h2>\n<p class=\"legend\">{legend}</p>\n"
-            f"<div class=\"charts\">\n" + "\n".join(charts) + "\n</div>\n"
+            f"<div class=\"charts\">\n" + "\n".join(charts(runs).values()) + "\n</div>\n"
             f"<h2>Configurations (differences highlighted)</h2>\n{config_table(runs)}\n</body></html>\n")
 
 
-def write_report(run_dirs: list[str], out: str) -> Path:
-    """Render the runs in ``run_dirs`` into the HTML file ``out``; returns its path."""
+def write_report(run_dirs: list[str], out: str, svg_dir: Optional[str] = None) -> Path:
+    """Render the runs in ``run_dirs`` into the HTML file ``out`` (and, with ``svg_dir``, each chart
+    into its own SVG file there, with a legend, e.g. for a README); returns the HTML file's path."""
     runs = [load_run(Path(d)) for d in run_dirs]
     names = [r["name"] for r in runs]
     for r in runs:  # two runs named alike (a/run, b/run) keep their parent's name too
@@ -199,4 +207,15 @@ def write_report(run_dirs: list[str], out: str) -> Path:
             r["name"] = f"{Path(r['path']).parent.name}/{r['name']}"
     path = Path(out)
     path.write_text(render(runs))
+    if svg_dir is not None:
+        Path(svg_dir).mkdir(parents=True, exist_ok=True)
+        for key, svg in charts(runs).items():
+            Path(svg_dir, key.replace("/", "_") + ".svg").write_text(_with_legend(svg, runs))
     return path
+
+
+def _with_legend(svg: str, runs: list[dict[str, Any]]) -> str:
+    """Add the run names under a chart's title (a standalone chart has no page legend)."""
+    items = "".join(f'<tspan fill="{COLORS[i % len(COLORS)]}">\u25a0 </tspan><tspan>{html.escape(r["name"])}  </tspan>'
+                    for i, r in enumerate(runs))
+    return svg.replace("</svg>", f'<text x="58" y="32">{items}</text></svg>')
