@@ -127,3 +127,4 @@ def test_diagnose_reports_every_baseline_and_the_length_fit(tmp_path):
 def test_diagnose_refuses_groups_of_one():
     proc = opo("diagnose", "model.path=tiny", "samples=1", check=False)
     assert proc.returncode == 2 and "rollout.samples_per_prompt must be >= 2" in proc.stderr
+

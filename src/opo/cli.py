@@ -15,6 +15,7 @@ from opo.config import (
     load_diagnose_config,
     load_eval_config,
 )
+from opo.errors import TrainingAborted
 from opo.runtime import reuse_large_allocations
 
 USAGE = """opo: on-policy RL for language models with verifiable rewards (OPO, arXiv 2505.23585)
@@ -100,6 +101,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ValueError as e:  # bad data files and similar input errors, already naming what is wrong
         print(f"opo: error: {e}", file=sys.stderr)
         return 2
+    except TrainingAborted as e:
+        print(f"opo: training aborted: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -99,6 +99,7 @@ class TrainConfig:
     seed: int = doc(0, "seed of sampling and of the tiny model's weights")
     micro_batch_tokens: int = doc(4096, "token budget of one micro-batch (prompt + completion tokens); gradients accumulate across micro-batches")
     threads: int = doc(0, "torch intra-op threads; 0 times one thread against all cores at start and keeps the faster (two were ~2.5x slower than one on some 2-vCPU machines); 0 with deterministic=true means 1")
+    max_bad_steps: int = doc(3, "abort after this many consecutive steps whose gradient was NaN/inf (each such step is skipped: no weight update); the last checkpoint stays as it was")
     deterministic: bool = doc(False, "use deterministic torch algorithms (for exact resume checks)")
     shift_every: int = doc(5, "every N steps, estimate the policy shift KL(pi_before || pi_after) of the optimizer step(s) on the step's own tokens (k1 and k3; costs one forward pass; 0: never)")
     eval_every: int = doc(0, "evaluate on the held-out set every N steps (0: only before and after training)")
@@ -151,7 +152,7 @@ class Config:
         validate_task(self.task)
         _validate_eval_k("train.eval_k", self.train.eval_k, self.train.eval_n)
         for key in ("rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
-                    "train.micro_batch_tokens", "train.eval_max_new_tokens", "repetition.n",
+                    "train.micro_batch_tokens", "train.eval_max_new_tokens", "train.max_bad_steps", "repetition.n",
                     "repetition.min_count",
                     "algo.ppo_epochs", "algo.mini_batches", "checkpoint.keep"):
             _at_least(key, self.get(key), 1)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from opo import checkpoint
 from opo.algos.advantages import ADVANTAGES
 from opo.config import Config, ConfigError
+from opo.errors import TrainingAborted
 from opo.evaluate import decode, encode, evaluate
 from opo.metrics import JsonlLogger, repetition_metrics, rollout_metrics
 from opo.models import load_model
@@ -120,6 +121,7 @@ def train(cfg: Config) -> dict[str, Any]:
               f"({int(summary['before']['eval/n'])} problems, greedy)")
 
     P = cfg.rollout.prompts_per_step
+    bad_steps = 0  # consecutive steps whose every update was skipped for a non-finite gradient
     bar = tqdm(range(start_step, cfg.train.steps), initial=start_step, total=cfg.train.steps,
                desc="opo train", disable=not cfg.train.progress, dynamic_ncols=True)
     for step in bar:
@@ -133,6 +135,15 @@ def train(cfg: Config) -> dict[str, Any]:
         log.log(row)
         for sample in samples:
             samples_log.log({"step": step + 1, **sample})
+        bad_steps = bad_steps + 1 if row["optimizer_steps"] == 0 else 0
+        if bad_steps >= cfg.train.max_bad_steps:
+            bar.close()
+            raise TrainingAborted(
+                f"step {step + 1}: the gradient was NaN/inf in {bad_steps} consecutive steps (train.max_bad_steps="
+                f"{cfg.train.max_bad_steps}); no update was applied in those steps and the last checkpoint in "
+                f"{ckpt_root} is unchanged. Their samples are in {run_dir / 'samples.jsonl'}. "
+                "Try a lower optim.lr or model.precision=fp32."
+            )
         bar.set_postfix(reward=f"{row['reward/mean']:.2f}", step_s=f"{row['time/step']:.1f}")
         (tqdm.write if cfg.train.progress else print)(_console_line(row))
 

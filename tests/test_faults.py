@@ -1,0 +1,41 @@
+"""Faults inflicted on a real (tiny) training run, and the outcome each must have."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from opo.algos.losses import POLICY_LOSSES, policy_gradient
+from opo.config import load_config
+from opo.errors import TrainingAborted
+from opo.trainer import train
+
+TINY = ["model.path=tiny", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=3", "rollout.max_new_tokens=6",
+        "task.eval_size=6", "train.eval_max_new_tokens=6", "train.progress=false", "train.deterministic=true",
+        "train.eval_before=false", "optim.lr=1e-3"]
+
+if "nan_after_first_step" not in POLICY_LOSSES:
+    calls = {"n": 0}
+
+    @POLICY_LOSSES.register("nan_after_first_step")
+    def _nan_after_first_step(logp, old_logp, advantages):
+        """The on-policy loss, then NaN from the second micro-batch on: a forced numerical fault."""
+        calls["n"] += 1
+        loss, clipped = policy_gradient(logp, old_logp, advantages + 1.0)  # +1: a non-zero gradient
+        return (loss if calls["n"] == 1 else loss * float("nan")), clipped
+
+
+def test_nan_loss_skips_steps_then_aborts_leaving_the_checkpoint_intact(tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config(None, [*TINY, "algo.loss=nan_after_first_step", "train.steps=10", "train.max_bad_steps=3",
+                             "checkpoint.every=1", f"run_dir={run}"])
+    with pytest.raises(TrainingAborted, match="NaN/inf in 3 consecutive steps"):
+        train(cfg)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in rows] == [0.0, 1.0, 1.0, 1.0]
+    # the aborting step writes nothing; the skipped steps' checkpoints hold step 1's (finite) weights
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step_0000002", "step_0000003"]
+    w2 = load_file(run / "checkpoints" / "step_0000002" / "model.safetensors")
+    w3 = load_file(run / "checkpoints" / "step_0000003" / "model.safetensors")
+    assert all(torch.isfinite(t).all() and torch.equal(t, w3[k]) for k, t in w2.items())
