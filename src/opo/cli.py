@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Optional
 
@@ -84,7 +85,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             cfg = load_config(config_path, overrides)
             from opo.trainer import train  # heavy imports only once the config is valid
 
-            train(cfg)
+            summary = train(cfg)
+            if "stopped" in summary:  # stopped cleanly by a signal: the conventional 128 + signal number
+                return 128 + signal.Signals[summary["stopped"]].value
         elif ns.command == "diagnose":
             dcfg = load_diagnose_config(config_path, overrides)
             from opo.diagnose_cli import run_diagnose

@@ -25,8 +25,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import signal
 import sys
+import threading
 import time
+from typing import Any, Optional
 
 import torch
 
@@ -89,3 +92,29 @@ def pick_threads(threads: int = 0, reps: int = 20) -> int:
     chosen = min(candidates, key=lambda n: best[n])
     torch.set_num_threads(chosen)
     return chosen
+
+
+class StopOnSignal:
+    """Within ``with``: SIGTERM or SIGINT asks the loop to stop after its current step (``requested``
+    names the signal); a second one stops at once. Handlers are restored on exit; outside the main
+    thread, where Python cannot install handlers, it does nothing."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.requested: Optional[str] = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = signal.Signals(signum).name
+        for s, handler in self._previous.items():  # the next signal acts as it did before
+            signal.signal(s, handler)
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)

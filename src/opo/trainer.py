@@ -29,7 +29,7 @@ from opo.evaluate import decode, encode, evaluate
 from opo.metrics import JsonlLogger, repetition_metrics, rollout_metrics
 from opo.models import load_model
 from opo.rollout.hf import HFEngine
-from opo.runtime import pick_threads, resolve_precision
+from opo.runtime import StopOnSignal, pick_threads, resolve_precision
 from opo.tasks import Task, build_task
 from opo.update import StepData, policy_update
 
@@ -124,38 +124,48 @@ def train(cfg: Config) -> dict[str, Any]:
     bad_steps = 0  # consecutive steps whose every update was skipped for a non-finite gradient
     bar = tqdm(range(start_step, cfg.train.steps), initial=start_step, total=cfg.train.steps,
                desc="opo train", disable=not cfg.train.progress, dynamic_ncols=True)
-    for step in bar:
-        shift = bool(cfg.train.shift_every) and (step + 1) % cfg.train.shift_every == 0
-        row, samples = rl_step(cfg, model, tok, engine, task, optimizer, ref_model, shuffle, data_pos, shift)
-        scheduler.step()
-        data_pos += P
-        row = {"step": step + 1, **row, "lr": scheduler.get_last_lr()[0]}
-        if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
-            row.update(held_out())  # logged with the step's row
-        log.log(row)
-        for sample in samples:
-            samples_log.log({"step": step + 1, **sample})
-        bad_steps = bad_steps + 1 if row["optimizer_steps"] == 0 else 0
-        if bad_steps >= cfg.train.max_bad_steps:
-            bar.close()
-            raise TrainingAborted(
-                f"step {step + 1}: the gradient was NaN/inf in {bad_steps} consecutive steps (train.max_bad_steps="
-                f"{cfg.train.max_bad_steps}); no update was applied in those steps and the last checkpoint in "
-                f"{ckpt_root} is unchanged. Their samples are in {run_dir / 'samples.jsonl'}. "
-                "Try a lower optim.lr or model.precision=fp32."
-            )
-        bar.set_postfix(reward=f"{row['reward/mean']:.2f}", step_s=f"{row['time/step']:.1f}")
-        (tqdm.write if cfg.train.progress else print)(_console_line(row))
+    with StopOnSignal() as stop:  # SIGTERM/SIGINT: finish the step, checkpoint, exit cleanly
+        for step in bar:
+            shift = bool(cfg.train.shift_every) and (step + 1) % cfg.train.shift_every == 0
+            row, samples = rl_step(cfg, model, tok, engine, task, optimizer, ref_model, shuffle, data_pos, shift)
+            scheduler.step()
+            data_pos += P
+            row = {"step": step + 1, **row, "lr": scheduler.get_last_lr()[0]}
+            if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
+                row.update(held_out())  # logged with the step's row
+            log.log(row)
+            for sample in samples:
+                samples_log.log({"step": step + 1, **sample})
+            bad_steps = bad_steps + 1 if row["optimizer_steps"] == 0 else 0
+            if bad_steps >= cfg.train.max_bad_steps:
+                bar.close()
+                raise TrainingAborted(
+                    f"step {step + 1}: the gradient was NaN/inf in {bad_steps} consecutive steps (train.max_bad_steps="
+                    f"{cfg.train.max_bad_steps}); no update was applied in those steps and the last checkpoint in "
+                    f"{ckpt_root} is unchanged. Their samples are in {run_dir / 'samples.jsonl'}. "
+                    "Try a lower optim.lr or model.precision=fp32."
+                )
+            bar.set_postfix(reward=f"{row['reward/mean']:.2f}", step_s=f"{row['time/step']:.1f}")
+            (tqdm.write if cfg.train.progress else print)(_console_line(row))
 
-        every = cfg.checkpoint.every
-        if (every and (step + 1) % every == 0) or step + 1 == cfg.train.steps:
-            state = {
-                "step": step + 1, "data_pos": data_pos, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": checkpoint.rng_state(engine.generator),
-                "shuffle": shuffle.get_state(), "summary": json.dumps(summary),
-            }
-            checkpoint.save(ckpt_root, step + 1, model, tok, state, cfg.to_dict(), cfg.checkpoint.keep)
+            every = cfg.checkpoint.every
+            if (every and (step + 1) % every == 0) or step + 1 == cfg.train.steps or stop.requested:
+                state = {
+                    "step": step + 1, "data_pos": data_pos, "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": checkpoint.rng_state(engine.generator),
+                    "shuffle": shuffle.get_state(), "summary": json.dumps(summary),
+                }
+                checkpoint.save(ckpt_root, step + 1, model, tok, state, cfg.to_dict(), cfg.checkpoint.keep)
+            if stop.requested:
+                summary["stopped"] = stop.requested
+                print(f"{stop.requested}: stopped after step {step + 1} with a checkpoint; continue with "
+                      f"'opo train checkpoint.resume=true train.run_dir={run_dir}' (and the same settings)")
+                break
     bar.close()
+    if "stopped" in summary:
+        task.close()
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
 
     summary["after"] = held_out()
     log.log({"step": cfg.train.steps, **summary["after"]})
