@@ -64,3 +64,38 @@ def test_sigterm_finishes_the_step_checkpoints_and_the_run_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == list(range(1, stopped + 3)) + [stopped + 2]  # each step once, then the final evaluation
+
+
+def test_sigkill_mid_run_resumes_from_the_last_complete_checkpoint(tmp_path):
+    """SIGKILL at an arbitrary moment (checkpoints are written every step, so kills land in writes
+    too); the resumed run logs each step once and matches an uninterrupted run."""
+    killed, full = tmp_path / "killed", tmp_path / "full"
+    base = [sys.executable, "-m", "opo", "train", *TINY, "checkpoint.every=1", "train.steps=6"]
+    subprocess.run([*base, f"run_dir={full}"], check=True, capture_output=True, timeout=300)
+    proc = subprocess.Popen([*base, f"run_dir={killed}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait(timeout=60)
+    resumed = subprocess.run([*base, f"run_dir={killed}", "checkpoint.resume=true"], capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6, 6]
+    wa = load_file(full / "checkpoints" / "step_0000006" / "model.safetensors")
+    wb = load_file(killed / "checkpoints" / "step_0000006" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_partial_checkpoints_are_never_taken_for_complete_ones(tmp_path):
+    from opo import checkpoint
+
+    root = tmp_path / "checkpoints"
+    (root / "step_0000002").mkdir(parents=True)
+    (root / "step_0000002" / checkpoint.STATE_FILE).write_bytes(b"")
+    (root / ".step_0000003.tmp123").mkdir()  # a write killed before its rename
+    (root / ".step_0000003.tmp123" / checkpoint.STATE_FILE).write_bytes(b"")
+    (root / "step_0000004").mkdir()  # a directory without its state file
+    assert checkpoint.latest(root) == root / "step_0000002"
