@@ -33,6 +33,21 @@ def test_grading_uses_the_generators_scorer():
     assert (wrong.reward, wrong.correct) == (0.0, False)
 
 
+@pytest.mark.parametrize("fault", [ZeroDivisionError("scorer bug"), float("nan"), float("inf"), None])
+def test_a_failing_scorer_gives_reward_0_and_status_error(fault):
+    t = task()
+    ex = t.train_example(0)
+
+    def broken(answer, entry):
+        if isinstance(fault, Exception):
+            raise fault
+        return fault
+
+    t._train.score_answer = broken  # the generator's scorer misbehaves
+    (graded,) = t.grade([ex.reference], [ex])
+    assert (graded.reward, graded.correct, graded.status) == (0.0, False, "error")
+
+
 def test_too_large_heldout_set_is_refused():
     with pytest.raises(ValueError, match="distinct held-out questions"):
         task(eval_size=1000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import reasoning_gym
@@ -78,7 +79,14 @@ class ReasoningGymTask:
             if answer is None:
                 out.append(Graded(None, 0.0, False, "no_answer"))
                 continue
-            score = float(self._train.score_answer(answer, example.metadata["entry"]))
+            try:
+                score = float(self._train.score_answer(answer, example.metadata["entry"]))
+            except Exception:  # a scorer bug must not end the run: reward 0, counted as a grader error
+                out.append(Graded(answer, 0.0, False, "error"))
+                continue
+            if not math.isfinite(score):
+                out.append(Graded(answer, 0.0, False, "error"))
+                continue
             reward = float(score >= 1.0) if self.binary_reward else score
             out.append(Graded(answer, reward, score >= 1.0, "ok"))
         return out
