@@ -94,18 +94,22 @@ def gradient_gram(
     gram = torch.full((n, n), float("nan"), dtype=torch.float64)
     params = [p for p in model.parameters() if p.requires_grad]
     sketch = CountSketch(params, sketch_dim, seed) if sketch_dim else None
+    n_params = sum(p.numel() for p in params)
     t0 = time.perf_counter()
     for g in torch.unique(group_index).tolist():
         rows = (group_index == g).nonzero().squeeze(-1).tolist()
-        vecs = []
-        for i in rows:
+        block = torch.empty(len(rows), sketch.dim if sketch else n_params, dtype=torch.float64 if sketch else torch.float32)
+        for j, i in enumerate(rows):  # filled in place: one (K, D) block, no second copy
             grads = sequence_gradient(model, prompts[g], completions[i], pad_id, temperature, precision)
-            vecs.append(sketch(grads) if sketch else torch.cat([x.reshape(-1) for x in grads]))
+            if sketch:
+                block[j] = sketch(grads)
+            else:
+                torch.cat([x.reshape(-1) for x in grads], out=block[j])
         idx = torch.tensor(rows)
-        gram[idx.unsqueeze(1), idx.unsqueeze(0)] = _gram(torch.stack(vecs))  # from (K, D) or (K, d)
+        gram[idx.unsqueeze(1), idx.unsqueeze(0)] = _gram(block)  # (K, K)
     seconds = time.perf_counter() - t0
     return gram, {"seconds": seconds, "seconds_per_response": seconds / max(n, 1),
-                  "dims": float(sketch_dim or sum(p.numel() for p in params))}
+                  "dims": float(sketch_dim or n_params)}
 
 
 def _gram(block: torch.Tensor, chunk: int = 1 << 22) -> torch.Tensor:
