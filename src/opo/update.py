@@ -142,9 +142,7 @@ def policy_update(
             # Normalisers of the whole mini-batch, so micro-batching leaves the gradient unchanged.
             n_tokens = float(data.mask[rows_all].sum())
             n_seqs = float(len(rows_all))
-            # zeroed in place: gradient buffers live across steps instead of being freed and reallocated
-            # each step, which let the (never trimmed) heap fragment and grow (bench/README.md, RSS)
-            optimizer.zero_grad(set_to_none=False)
+            optimizer.zero_grad(set_to_none=True)
             for mb in micro_batches(data, mini, cfg.train.micro_batch_tokens):
                 rows, width, logp, ent = _forward(model, cfg, data, mb, entropy_grad=cfg.algo.entropy_coef > 0)
                 counts["passes/train_forward"] += 1
@@ -175,6 +173,7 @@ def policy_update(
                 optimizer.step()
             else:  # a NaN/inf gradient must not reach the weights
                 skipped += 1
+            optimizer.zero_grad(set_to_none=True)
     tokens = max(sums["tokens"], 1.0)
     updates = cfg.algo.ppo_epochs * cfg.algo.mini_batches
     metrics = {
