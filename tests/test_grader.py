@@ -3,7 +3,10 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from opo.rewards.extract import EXTRACTORS
 from opo.rewards.grader import GraderPool, as_number, extract_answer, extract_boxed
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "opo" / "data"
@@ -93,3 +96,21 @@ def test_exponent_tower_returns_within_the_timeout(pool):
         assert time.monotonic() - t0 < 2.0 + 5.0  # timeout + a worker restart
         assert not grades[0].correct and grades[0].status in ("timeout", "ok")
         assert grades[1].correct
+
+
+_PIECES = st.sampled_from(["\\boxed{", "\\boxed ", "\\fbox{", "{", "}", "####", " ", "\n", "$", "1,234", "-0.5", "x=5",
+                           "\\frac{1}{2}", "%", "\\%", ".", "abc", "\\text{", "7"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_PIECES, st.text(max_size=5)), max_size=30).map("".join))
+def test_answer_extraction_never_crashes(text):
+    answer, method = extract_answer(text)
+    assert (answer is None) == (method is None)
+    if answer is not None:
+        assert isinstance(answer, str) and answer and method in ("boxed", "gsm8k", "last_number")
+        n = as_number(answer)
+        assert n is None or n.is_finite()
+    for name in EXTRACTORS.names():
+        found = EXTRACTORS.get(name)(text)
+        assert found is None or (isinstance(found, str) and found)
