@@ -42,7 +42,7 @@ def test_report_has_every_plot_a_line_per_run_and_highlights_differences(tmp_pat
     assert '<tr class="same"><th>algo.advantage</th>' in page
     assert "20.0%" in page and "10.0 min" in page
     standalone = (tmp_path / "svg" / "reward_mean.svg").read_text()
-    assert standalone.startswith("<svg") and "<style>" in standalone and ">opo  <" in standalone
+    assert standalone.startswith("<svg") and "<style>" in standalone and ">opo</text>" in standalone
     assert len(list((tmp_path / "svg").glob("*.svg"))) == len(PLOTS)
 
 

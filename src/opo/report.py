@@ -30,7 +30,8 @@ PLOTS = [
 # Inside every SVG, so a chart saved on its own (--svg-dir) looks as it does in the page.
 SVG_STYLE = ("<style>text{font:11px system-ui,sans-serif;fill:#333}.title{font-size:13px;font-weight:600}"
              ".grid{stroke:#eee}.frame{fill:none;stroke:#999}.empty{fill:#999}</style>")
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+          "#7f7f7f"]
 
 
 def load_run(path: Path) -> dict[str, Any]:
@@ -84,16 +85,40 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
 
 
+def _legend_rows(lines: list[tuple[str, str, list]], width: int) -> list[list[tuple[str, str]]]:
+    """(label, colour) items packed into rows that fit ``width`` (about 6.5 px per character)."""
+    rows: list[list[tuple[str, str]]] = [[]]
+    used = 0.0
+    for label, color, _ in lines:
+        w = 22 + 6.5 * len(label)
+        if rows[-1] and used + w > width:
+            rows.append([])
+            used = 0.0
+        rows[-1].append((label, color))
+        used += w
+    return rows
+
+
 def line_chart(title: str, ylabel: str, lines: list[tuple[str, str, list[tuple[float, float]]]],
-               width: int = 440, height: int = 250) -> str:
+               width: int = 440, height: int = 250, legend: bool = False) -> str:
     """An SVG line chart; ``lines`` holds (label, colour, points). Points are also marked, so sparse
-    series (held-out evaluations) stay visible."""
-    left, right, top, bottom = 58, 12, 40, 38  # the top margin leaves a line for a legend
+    series (held-out evaluations) stay visible. ``legend`` adds the run names below the plot (for a
+    chart shown on its own)."""
+    left, right, top, bottom = 58, 12, 26, 38
+    legend_rows = _legend_rows(lines, width - 20) if legend else []
+    plot_height, height = height, height + 16 * len(legend_rows)
     pts = [p for _, _, ps in lines for p in ps]
     out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">', SVG_STYLE,
-           f'<rect width="{width}" height="{height}" fill="#fff"/>',
-           f'<text x="{width / 2}" y="16" text-anchor="middle" class="title">{html.escape(title)}</text>']
+           f'<rect width="{width}" height="{height}" fill="#fff"/>']
+    for i, row in enumerate(legend_rows):
+        x = 10.0
+        for label, color in row:
+            y = plot_height + 12 + 16 * i
+            out.append(f'<rect x="{x:.0f}" y="{y - 8}" width="9" height="9" fill="{color}"/>'
+                       f'<text x="{x + 13:.0f}" y="{y}">{html.escape(label)}</text>')
+            x += 22 + 6.5 * len(label)
+    out += [f'<text x="{width / 2}" y="16" text-anchor="middle" class="title">{html.escape(title)}</text>']
     if not pts:
         out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="empty">no data in these runs</text>')
         return "\n".join(out + ["</svg>"])
@@ -106,7 +131,7 @@ def line_chart(title: str, ylabel: str, lines: list[tuple[str, str, list[tuple[f
         y0, y1 = y0 - (abs(y0) or 1) * 0.1, y1 + (abs(y1) or 1) * 0.1
     yt, xt = _ticks(y0, y1), _ticks(x0, x1)
     y0, y1, x0, x1 = min(yt[0], y0), max(yt[-1], y1), min(xt[0], x0), max(xt[-1], x1)
-    pw, ph = width - left - right, height - top - bottom
+    pw, ph = width - left - right, plot_height - top - bottom
 
     def sx(x: float) -> float:
         return left + (x - x0) / (x1 - x0) * pw
@@ -120,7 +145,7 @@ def line_chart(title: str, ylabel: str, lines: list[tuple[str, str, list[tuple[f
     for t in xt:
         out.append(f'<text x="{sx(t):.1f}" y="{top + ph + 16}" text-anchor="middle">{_fmt(t)}</text>')
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="frame"/>')
-    out.append(f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle">step</text>')
+    out.append(f'<text x="{left + pw / 2}" y="{plot_height - 4}" text-anchor="middle">step</text>')
     out.append(f'<text transform="translate(12 {top + ph / 2}) rotate(-90)" text-anchor="middle">{html.escape(ylabel)}</text>')
     for label, color, ps in lines:
         if not ps:
@@ -178,10 +203,10 @@ tr.same{color:#777}.swatch{display:inline-block;width:10px;height:10px;margin-ri
 .legend span{margin-right:16px}"""
 
 
-def charts(runs: list[dict[str, Any]]) -> dict[str, str]:
+def charts(runs: list[dict[str, Any]], legend: bool = False) -> dict[str, str]:
     """One SVG chart per plotted metric key, a line per run."""
     colors = {r["name"]: COLORS[i % len(COLORS)] for i, r in enumerate(runs)}
-    return {key: line_chart(t, y, [(r["name"], colors[r["name"]], series(r, key)) for r in runs])
+    return {key: line_chart(t, y, [(r["name"], colors[r["name"]], series(r, key)) for r in runs], legend=legend)
             for key, t, y in PLOTS}
 
 
@@ -209,13 +234,6 @@ def write_report(run_dirs: list[str], out: str, svg_dir: Optional[str] = None) -
     path.write_text(render(runs))
     if svg_dir is not None:
         Path(svg_dir).mkdir(parents=True, exist_ok=True)
-        for key, svg in charts(runs).items():
-            Path(svg_dir, key.replace("/", "_") + ".svg").write_text(_with_legend(svg, runs))
+        for key, svg in charts(runs, legend=True).items():
+            Path(svg_dir, key.replace("/", "_") + ".svg").write_text(svg)
     return path
-
-
-def _with_legend(svg: str, runs: list[dict[str, Any]]) -> str:
-    """Add the run names under a chart's title (a standalone chart has no page legend)."""
-    items = "".join(f'<tspan fill="{COLORS[i % len(COLORS)]}">\u25a0 </tspan><tspan>{html.escape(r["name"])}  </tspan>'
-                    for i, r in enumerate(runs))
-    return svg.replace("</svg>", f'<text x="58" y="32">{items}</text></svg>')
