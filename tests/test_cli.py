@@ -128,3 +128,13 @@ def test_diagnose_refuses_groups_of_one():
     proc = opo("diagnose", "model.path=tiny", "samples=1", check=False)
     assert proc.returncode == 2 and "rollout.samples_per_prompt must be >= 2" in proc.stderr
 
+
+
+def test_evaluation_does_not_change_the_training_rollouts(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    opo("train", *TINY, "train.steps=2", "train.eval_n=2", "train.eval_every=1", f"run_dir={a}")
+    opo("train", *TINY, "train.steps=2", "train.eval_before=false", f"run_dir={b}")
+    ra, rb = steps(a), steps(b)
+    for step in (1, 2):
+        for key in ("loss", "entropy", "length/mean", "grad_norm"):
+            assert ra[step][key] == rb[step][key], (step, key)

@@ -98,8 +98,10 @@ def gradient_gram(
     t0 = time.perf_counter()
     for g in torch.unique(group_index).tolist():
         rows = (group_index == g).nonzero().squeeze(-1).tolist()
-        block = torch.empty(len(rows), sketch.dim if sketch else n_params, dtype=torch.float64 if sketch else torch.float32)
-        for j, i in enumerate(rows):  # filled in place: one (K, D) block, no second copy
+        # filled in place: one (K, D) block (or (K, d) sketches), no second copy
+        block = torch.empty(len(rows), sketch.dim if sketch else n_params,
+                            dtype=torch.float64 if sketch else torch.float32)
+        for j, i in enumerate(rows):
             grads = sequence_gradient(model, prompts[g], completions[i], pad_id, temperature, precision)
             if sketch:
                 block[j] = sketch(grads)

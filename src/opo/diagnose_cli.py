@@ -15,16 +15,14 @@ from opo.diagnose import baseline_variances, gradient_gram, length_fit
 from opo.evaluate import decode, encode
 from opo.models import load_model
 from opo.rollout.hf import HFEngine
-from opo.runtime import pick_threads, resolve_precision
+from opo.runtime import pick_threads, resolve_precisions
 from opo.tasks import build_task
 from opo.update import StepData, policy_update
 
 
 def run_diagnose(cfg: DiagnoseConfig) -> dict[str, Any]:
     out_dir = Path(cfg.out_dir.replace("{time}", time.strftime("%Y%m%d-%H%M%S")))
-    cfg.model.precision = resolve_precision(cfg.model.precision)
-    cfg.rollout.precision = resolve_precision(
-        cfg.model.precision if cfg.rollout.precision == "auto" else cfg.rollout.precision)
+    cfg.model.precision, cfg.rollout.precision = resolve_precisions(cfg.model.precision, cfg.rollout.precision)
     pick_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model, tok = load_model(cfg.model.path, cfg.model.trust_remote_code, cfg.seed, cfg.model.attention)

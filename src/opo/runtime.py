@@ -66,6 +66,12 @@ def resolve_precision(precision: str) -> str:
     return "bf16" if native_bf16() else "fp32"
 
 
+def resolve_precisions(training: str, sampling: str) -> tuple[str, str]:
+    """(training, sampling) precisions with ``auto`` resolved; ``auto`` sampling follows training."""
+    training = resolve_precision(training)
+    return training, resolve_precision(training if sampling == "auto" else sampling)
+
+
 def _matmul_seconds(threads: int, reps: int) -> float:
     torch.set_num_threads(threads)
     x, w = torch.randn(256, 576), torch.randn(1536, 576)  # a decoder projection of a ~100M model

@@ -29,7 +29,7 @@ from opo.evaluate import decode, encode, evaluate
 from opo.metrics import JsonlLogger, repetition_metrics, rollout_metrics
 from opo.models import load_model
 from opo.rollout.hf import HFEngine
-from opo.runtime import StopOnSignal, pick_threads, resolve_precision
+from opo.runtime import StopOnSignal, pick_threads, resolve_precisions
 from opo.tasks import Task, build_task
 from opo.update import StepData, policy_update
 
@@ -49,9 +49,7 @@ def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimize
 
 def configure_compute(cfg: Config) -> str:
     """Resolve ``auto`` precisions for this CPU and set the thread count; returns a line saying what was chosen."""
-    cfg.model.precision = resolve_precision(cfg.model.precision)
-    cfg.rollout.precision = resolve_precision(
-        cfg.model.precision if cfg.rollout.precision == "auto" else cfg.rollout.precision)
+    cfg.model.precision, cfg.rollout.precision = resolve_precisions(cfg.model.precision, cfg.rollout.precision)
     # a timed choice could differ between a run and its resume: deterministic runs use one thread
     threads = pick_threads(cfg.train.threads or (1 if cfg.train.deterministic else 0))
     cfg.train.threads = threads
@@ -108,9 +106,14 @@ def train(cfg: Config) -> dict[str, Any]:
     def held_out() -> dict[str, float]:
         t0 = time.time()
         ks = tuple(k for k in cfg.train.eval_k if k <= cfg.train.eval_n)
+        # Evaluation samples from its own seeded stream, so whether and how often it runs never
+        # changes the training rollouts (runs with different eval settings stay sample-paired).
+        train_rng = engine.generator.get_state()
+        engine.generator.manual_seed(cfg.train.seed + 10_000)
         result, _ = evaluate(engine, tok, task, n=cfg.train.eval_n, ks=ks, temperature=cfg.train.eval_temperature,
                              max_new_tokens=cfg.train.eval_max_new_tokens,
                              repetition=(cfg.repetition.n, cfg.repetition.min_count))
+        engine.generator.set_state(train_rng)
         result["time/eval"] = time.time() - t0
         return result
 
