@@ -156,7 +156,8 @@ class Config:
                     "repetition.min_count",
                     "algo.ppo_epochs", "algo.mini_batches", "checkpoint.keep"):
             _at_least(key, self.get(key), 1)
-        for key in ("train.steps", "train.threads", "train.shift_every", "train.eval_every", "train.eval_n", "checkpoint.every", "optim.warmup_steps",
+        for key in ("train.steps", "train.threads", "train.shift_every", "train.eval_every", "train.eval_n",
+                    "checkpoint.every", "optim.warmup_steps",
                     "optim.weight_decay", "optim.grad_clip", "algo.kl_coef", "algo.entropy_coef"):
             _at_least(key, self.get(key), 0)
         if not self.optim.lr > 0:
@@ -262,6 +263,7 @@ class DiagnoseConfig:
         validate_task(self.task)
         _choice("method", self.method, ["auto", "exact", "sketch"])
         _choice("model.precision", self.model.precision, PRECISIONS)
+        _choice("rollout.precision", self.rollout.precision, PRECISIONS)
         _choice("model.attention", self.model.attention, ["eager", "sdpa"])
         for key in ("rollout.prompts_per_step", "rollout.max_new_tokens", "sketch_dim"):
             _at_least(key, get_key(self, key), 1)
