@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-from opo.algos.advantages import ADVANTAGES
 from opo.config import Config, DiagnoseConfig
 from opo.diagnose import baseline_variances, gradient_gram, length_fit
 from opo.evaluate import decode, encode
@@ -66,10 +65,7 @@ def run_diagnose(cfg: DiagnoseConfig) -> dict[str, Any]:
 def _update_seconds(model, cfg: DiagnoseConfig, batch, rewards: torch.Tensor, pad_id: int) -> float:
     """Time of one batched on-policy update of the same responses (learning rate 0: weights unchanged)."""
     train_cfg = Config(model=cfg.model, rollout=cfg.rollout)
-    prompts, group_index = batch.prompts()
-    completions, mask, sampler_logp = batch.completion_tensors(pad_id)
-    adv = ADVANTAGES.get("opo")(rewards.float(), mask, batch.group_ids())
-    data = StepData(prompts, group_index, completions, mask, sampler_logp, adv, pad_id)
+    data = StepData.from_rollouts(batch, rewards.float(), "opo", {}, pad_id)
     t0 = time.perf_counter()
     policy_update(model, torch.optim.SGD(model.parameters(), lr=0.0), train_cfg, data)
     return time.perf_counter() - t0

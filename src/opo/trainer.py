@@ -22,7 +22,6 @@ import yaml
 from tqdm import tqdm
 
 from opo import checkpoint
-from opo.algos.advantages import ADVANTAGES
 from opo.config import Config, ConfigError
 from opo.errors import TrainingAborted
 from opo.evaluate import decode, encode, evaluate
@@ -215,21 +214,18 @@ def rl_step(
     rewards = torch.tensor([g.reward for g in graded])  # (N,)
     t_reward = time.time() - t0
 
-    # 3. Advantages (registry), 4. one on-policy update.
+    # 3. Advantages (registry, inside StepData.from_rollouts), 4. one on-policy update.
     t0 = time.time()
-    prompt_list, group_index = batch.prompts()
-    completions, mask, sampler_logp = batch.completion_tensors(tok.pad_token_id)  # (N, T) each
-    group_ids = batch.group_ids()  # (N,)
-    advantages = ADVANTAGES.get(cfg.algo.advantage)(rewards, mask, group_ids, **cfg.algo.advantage_params)
-    data = StepData(prompt_list, group_index, completions, mask, sampler_logp, advantages, tok.pad_token_id)
+    data = StepData.from_rollouts(batch, rewards, cfg.algo.advantage, cfg.algo.advantage_params, tok.pad_token_id)
     update = policy_update(model, optimizer, cfg, data, ref_model, shuffle, measure_shift)
     engine.sync_weights()
     t_train = time.time() - t0
 
-    gen_tokens = float(mask.sum())
-    trained_tokens = gen_tokens + sum(len(p) for p in prompt_list)  # shared prompts count once
+    gen_tokens = float(data.mask.sum())
+    trained_tokens = gen_tokens + sum(len(p) for p in data.prompts)  # shared prompts count once
     row = {
-        **rollout_metrics(rewards, advantages, mask, group_ids, [r.finish for r in batch.rollouts]),
+        **rollout_metrics(rewards, data.advantages, data.mask, batch.group_ids(),
+                          [r.finish for r in batch.rollouts]),
         **update,
         **repetition_metrics([r.completion for r in batch.rollouts], cfg.repetition.n, cfg.repetition.min_count),
         "reward/no_answer": sum(g.status == "no_answer" for g in graded) / len(graded),

@@ -16,9 +16,11 @@ from typing import Optional
 import torch
 from transformers import PreTrainedModel
 
+from opo.algos.advantages import ADVANTAGES
 from opo.algos.losses import KL_ESTIMATORS, POLICY_LOSSES, aggregate
 from opo.config import Config
 from opo.logprobs import PromptBatch, completion_logprobs
+from opo.rollout.base import RolloutBatch
 
 
 def autocast_context(precision: str) -> contextlib.AbstractContextManager:
@@ -43,6 +45,17 @@ class StepData:
     sampler_logp: torch.Tensor
     advantages: torch.Tensor
     pad_id: int
+
+    @classmethod
+    def from_rollouts(
+        cls, batch: RolloutBatch, rewards: torch.Tensor, advantage: str, params: dict, pad_id: int
+    ) -> "StepData":
+        """The update's inputs from a rollout batch and its rewards ``(N,)``, with advantages from the
+        registered estimator ``advantage`` (keyword ``params``)."""
+        prompts, group_index = batch.prompts()
+        completions, mask, sampler_logp = batch.completion_tensors(pad_id)  # (N, T) each
+        advantages = ADVANTAGES.get(advantage)(rewards, mask, batch.group_ids(), **params)  # (N, T)
+        return cls(prompts, group_index, completions, mask, sampler_logp, advantages, pad_id)
 
 
 def micro_batches(data: StepData, groups: list[int], token_budget: int) -> list[list[int]]:
