@@ -19,18 +19,21 @@ TINY = ["model.path=tiny", "rollout.prompts_per_step=2", "rollout.samples_per_pr
         "task.eval_size=6", "train.eval_max_new_tokens=6", "train.progress=false", "train.deterministic=true",
         "train.eval_before=false", "optim.lr=1e-3"]
 
-if "nan_after_first_step" not in POLICY_LOSSES:
+
+def nan_after_first_call():
+    """The on-policy loss, then NaN from the second call on: a forced numerical fault."""
     calls = {"n": 0}
 
-    @POLICY_LOSSES.register("nan_after_first_step")
-    def _nan_after_first_step(logp, old_logp, advantages):
-        """The on-policy loss, then NaN from the second micro-batch on: a forced numerical fault."""
+    def loss_fn(logp, old_logp, advantages):
         calls["n"] += 1
         loss, clipped = policy_gradient(logp, old_logp, advantages + 1.0)  # +1: a non-zero gradient
         return (loss if calls["n"] == 1 else loss * float("nan")), clipped
 
+    return loss_fn
 
-def test_nan_loss_skips_steps_then_aborts_leaving_the_checkpoint_intact(tmp_path):
+
+def test_nan_loss_skips_steps_then_aborts_leaving_the_checkpoint_intact(tmp_path, monkeypatch):
+    monkeypatch.setitem(POLICY_LOSSES._fns, "nan_after_first_step", nan_after_first_call())  # this test only
     run = tmp_path / "run"
     cfg = load_config(None, [*TINY, "algo.loss=nan_after_first_step", "train.steps=10", "train.max_bad_steps=3",
                              "checkpoint.every=1", f"run_dir={run}"])

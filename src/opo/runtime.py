@@ -2,13 +2,13 @@
 allocator hands out large blocks.
 
 Precision: bf16 autocast only pays where the CPU computes bf16 natively (AVX-512 BF16 or AMX).
-Measured on an AVX2-only AMD EPYC machine of this project (2026-11-24): a 2048x2048 matmul ran at
-94 GFLOP/s in fp32 and 0.26 GFLOP/s in bf16, so ``auto`` picks fp32 there.
+On an AVX2-only AMD EPYC machine of this project (2026-11-24, ``bench/matmul_peak.py``) an
+emulated bf16 matmul ran at 1.3 GFLOP/s against ~89 GFLOP/s in fp32, so ``auto`` picks fp32 there.
 
-Threads: on some 2-vCPU machines two intra-op threads are slower than one (same machine: a
-(16, 576) x (576, 1536) fp32 matmul took 0.5 ms on one thread and 1.0-1.5 ms on two; a 4x4x32 RL
-step 12 s against 28-34 s), so ``auto`` times a typical matmul at each thread count and keeps the
-fastest.
+Threads: the same 2-vCPU machine timed two intra-op threads 2-3x slower than one early in the day
+(a (16, 576) x (576, 1536) fp32 matmul: 0.5 ms against 1.0-1.5 ms; a 4x4x32 RL step 12 s against
+28-34 s) and twice as fast hours later, so ``auto`` times a typical matmul at each thread count at
+start and keeps the faster.
 
 Allocator: by default glibc serves every allocation above a (dynamic, at most 32 MB) threshold with a fresh
 ``mmap`` and returns it to the OS on free, so each large temporary (a ``(V, H)`` gradient, a
