@@ -1,8 +1,11 @@
+import dataclasses
+
 import pytest
-from hypothesis import given
+import yaml
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opo.config import Config, ConfigError, describe, load_config, parse_value
+from opo.config import Config, ConfigError, describe, load_config, load_diagnose_config, load_eval_config, parse_value
 
 
 def test_defaults_validate_and_describe_every_key():
@@ -70,9 +73,53 @@ def test_parse_value_never_crashes(text):
     parse_value(text)
 
 
-@given(st.text(max_size=20), st.text(max_size=20))
-def test_override_parser_only_raises_config_errors(key, value):
+def _keys(obj, prefix=""):
+    """Every dotted key of a nested config."""
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        out += _keys(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [prefix + f.name]
+    return out
+
+
+_KEYS = _keys(Config())
+_LOADERS = st.sampled_from([load_config, load_eval_config, load_diagnose_config])
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=10), st.dates())
+_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.one_of(st.text(max_size=5), st.integers()), inner, max_size=3)),
+    max_leaves=6)
+_KEY_TEXT = st.one_of(st.sampled_from(_KEYS), st.sampled_from(_KEYS).map(lambda k: k + ".x"), st.text(max_size=15))
+_VALUE_TEXT = st.one_of(
+    _VALUES.map(lambda v: yaml.safe_dump(v, default_flow_style=True).removesuffix("...\n").strip()),
+    st.text(max_size=20),
+    st.sampled_from(["2001-13-01", "0000-00-00", "1e999", "-.inf", ".nan", "1,a", "0,;", "{a: [1, {b: 2}]}", "&a [*a]",
+                     "!!python/object:os.system", "[", "0x1F"]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_KEY_TEXT, _VALUE_TEXT, _LOADERS)
+def test_override_parser_only_raises_config_errors(key, value, loader):
+    """Found: a date-like value that is no date ('0000-00-00') and non-numbers in optim.betas crashed."""
     try:
-        load_config(None, [f"{key}={value}"])
+        loader(None, [f"{key}={value}"])
+    except ConfigError:
+        pass
+
+
+_SECTIONS = [f.name for f in dataclasses.fields(Config())]
+_NAMES = sorted({k.split(".")[-1] for k in _KEYS})
+_SECTION = st.dictionaries(st.one_of(st.sampled_from(_NAMES), st.text(max_size=5), st.integers(), st.none()), _VALUES,
+                           max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.dictionaries(st.one_of(st.sampled_from(_SECTIONS), st.text(max_size=5), st.integers()),
+                                 st.one_of(_SECTION, _VALUES), max_size=4), _VALUES), _LOADERS)
+def test_config_files_only_raise_config_errors(tmp_path_factory, data, loader):
+    path = tmp_path_factory.mktemp("cfg") / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    try:
+        loader(str(path))
     except ConfigError:
         pass

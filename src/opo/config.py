@@ -169,7 +169,7 @@ class Config:
                 raise ConfigError(f"{key} must be in [0, 1), got {self.get(key)}")
         if self.algo.dual_clip is not None and self.algo.dual_clip <= 1:
             raise ConfigError(f"algo.dual_clip must be > 1 or null, got {self.algo.dual_clip}")
-        if len(self.optim.betas) != 2 or not all(0 <= b < 1 for b in self.optim.betas):
+        if len(self.optim.betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in self.optim.betas):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.optim.betas}")
         if self.rollout.prompts_per_step % self.algo.mini_batches:
             raise ConfigError(
@@ -390,6 +390,10 @@ def _validate_eval_k(key: str, ks: list, n: int) -> None:
         raise ConfigError(f"{key}: pass@{max(ks)} needs at least {max(ks)} samples per problem, got n={n}")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _choice(key: str, value: str, allowed: list[str]) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}='{value}' is not allowed; choose one of: {', '.join(allowed)}")
@@ -404,7 +408,7 @@ def parse_value(text: str) -> Any:
     """Parse the right-hand side of ``key=value`` as YAML (``1e-5``, ``true``, ``null``, ``{a: 1}``)."""
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: a date-like value that is no date, e.g. 2001-13-01
         return text
     # YAML 1.1 reads '1e-5' as a string; accept it as the float a user means.
     if isinstance(value, str):
