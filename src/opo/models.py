@@ -6,6 +6,9 @@
     cache (a GGUF-loaded model is flagged as quantized and transformers refuses to train it).
   * ``tiny``: a tiny random-weight Llama built from a config, for tests (no download at all).
   * a local directory in Hugging Face format, or a hub id (needs network).
+
+Weights are read from safetensors files only: a pickled ``pytorch_model.bin`` can run code when
+loaded. Repositories' own Python code runs only with ``model.trust_remote_code=true``.
 """
 
 from __future__ import annotations
@@ -113,12 +116,26 @@ def load_model(
     if path == "tiny":
         model = tiny_model(tok, seed)
     else:
+        _refuse_pickle_weights(path)
         model = AutoModelForCausalLM.from_pretrained(
-            _resolve(path), dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=None
+            _resolve(path), dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=True
         )
     model.config.use_cache = True
     model.set_attn_implementation(attention)
     return model, tok
+
+
+def _refuse_pickle_weights(path: str) -> None:
+    """Say why a local directory holding only ``pytorch_model*.bin`` is refused (transformers would
+    only say that no ``model.safetensors`` exists)."""
+    d = Path(path)
+    if d.is_dir() and not any(d.glob("*.safetensors")) and any(d.glob("pytorch_model*.bin")):
+        raise ValueError(
+            f"model.path '{path}' holds only pickle weights (pytorch_model*.bin); opo loads safetensors only, because "
+            "unpickling a file can execute arbitrary code. If you trust the file, convert it once with "
+            "AutoModelForCausalLM.from_pretrained(dir, use_safetensors=False).save_pretrained(new_dir) "
+            "(which writes model.safetensors) and point model.path at new_dir."
+        )
 
 
 def _resolve(path: str) -> str:
