@@ -138,3 +138,11 @@ def test_evaluation_does_not_change_the_training_rollouts(tmp_path):
     for step in (1, 2):
         for key in ("loss", "entropy", "length/mean", "grad_norm"):
             assert ra[step][key] == rb[step][key], (step, key)
+
+
+def test_eval_refuses_a_prompt_longer_than_the_context_naming_file_and_line(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"question": "1 + 1?", "answer": "2"}) + "\n"
+                    + json.dumps({"question": "seven " * 600, "answer": "7"}) + "\n")
+    proc = opo("eval", "model.path=tiny", "task=jsonl", f"data_path={data}", "max_new_tokens=5", check=False)
+    assert proc.returncode == 2 and "d.jsonl:2: prompt of" in proc.stderr and "Traceback" not in proc.stderr

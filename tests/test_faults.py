@@ -102,3 +102,23 @@ def test_partial_checkpoints_are_never_taken_for_complete_ones(tmp_path):
     (root / ".step_0000003.tmp123" / checkpoint.STATE_FILE).write_bytes(b"")
     (root / "step_0000004").mkdir()  # a directory without its state file
     assert checkpoint.latest(root) == root / "step_0000002"
+
+
+def test_a_prompt_longer_than_the_context_stops_training_at_start_or_is_skipped(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    rows = [{"question": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(6)]
+    rows[3]["question"] = "seven " * 600  # > 512 tokens, the tiny model's context
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    args = [*TINY, "task.name=jsonl", f"task.data_path={data}", "task.eval_size=2", "train.steps=1"]
+    with pytest.raises(ValueError, match="d.jsonl:7: not valid JSON"):
+        train(load_config(None, [*args, f"run_dir={tmp_path / 'a'}"]))
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="d.jsonl:4: prompt of .* exceeds the model's context of 512"):
+        train(load_config(None, [*args, f"run_dir={tmp_path / 'b'}"]))
+    assert not (tmp_path / "b" / "metrics.jsonl").exists()  # refused before any step
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    summary = train(load_config(None, [*args, "task.skip_bad_rows=true", f"run_dir={tmp_path / 'c'}"]))
+    assert summary["data/skipped_rows"] == 2
+    assert json.loads((tmp_path / "c" / "summary.json").read_text())["data/skipped_rows"] == 2
+    err = capsys.readouterr().err
+    assert "d.jsonl:7: not valid JSON" in err and "d.jsonl:4: prompt of" in err

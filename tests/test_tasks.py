@@ -1,7 +1,10 @@
+import json
+
 import pytest
 
 from opo.models import embedded_gguf_path
 from opo.rewards.extract import EXTRACTORS
+from opo.tasks import limit_prompt_length
 from opo.tasks.math import MathTask
 from opo.tasks.reasoning_gym import ReasoningGymTask
 
@@ -103,7 +106,7 @@ def test_jsonl_task_grades_with_the_math_grader(tmp_path):
     (['{"a": "1"}'], "d.jsonl:1: field 'q' is missing or empty"),
     (['[1, 2]'], "d.jsonl:1: expected a JSON object"),
     (b'{"q": "x", "a": "\xff"}', "d.jsonl:1: not UTF-8"),
-    ([''], "holds no rows"),
+    ([''], "holds no usable rows"),
 ])
 def test_bad_rows_name_file_line_and_field(tmp_path, lines, message):
     with pytest.raises(ValueError, match=message):
@@ -125,3 +128,84 @@ def test_shipped_benchmarks_load():
             t.close()
     t = MathTask("math500", None, None, None, None, None, None, None, 0)
     assert {"subject", "level"} <= set(t.eval_examples()[0].metadata)
+
+
+GOOD = '{"q": "x", "a": "1"}'
+BAD_ROWS = [  # (line, what it holds, what the error and the warning say)
+    ('{"q": "x"', "not valid JSON"),
+    ('[1, 2]', "expected a JSON object"),
+    ('{"a": "1"}', "field 'q' is missing or empty"),
+    ('{"q": "x", "a": ""}', "field 'a' is missing or empty"),
+    (b'{"q": "x", "a": "\xff"}', "not UTF-8"),
+    ('{"q": "x", "a": "just 5"}', "field 'a' has no '#### <answer>' line"),
+]
+
+
+def _file_with(bad) -> bytes:
+    bad = bad if isinstance(bad, bytes) else bad.encode()
+    return b"\n".join([GOOD.replace('"1"', '"#### 1"').encode(), bad, GOOD.replace('"1"', '"#### 2"').encode()])
+
+
+@pytest.mark.parametrize("bad, reason", BAD_ROWS)
+def test_a_bad_row_stops_loading_by_default_naming_file_and_line(tmp_path, bad, reason):
+    with pytest.raises(ValueError, match=f"d.jsonl:2: {reason}.*skip_bad_rows"):
+        math_task(tmp_path, _file_with(bad), answer_format="gsm8k")
+
+
+@pytest.mark.parametrize("bad, reason", BAD_ROWS)
+def test_skip_bad_rows_leaves_a_bad_row_out_with_a_warning(tmp_path, capsys, bad, reason):
+    t = math_task(tmp_path, _file_with(bad), answer_format="gsm8k", skip_bad_rows=True)
+    assert [e.reference for e in t.eval_examples()] == ["1", "2"] and t.skipped_rows == 1
+    warning = capsys.readouterr().err
+    assert "skipped 1 bad row" in warning and f"d.jsonl:2: {reason}" in warning
+
+
+def test_the_warning_names_the_first_few_bad_rows_and_the_count(tmp_path, capsys):
+    t = math_task(tmp_path, [GOOD] + ["{"] * 7, skip_bad_rows=True)
+    assert t.skipped_rows == 7 and len(t.eval_examples()) == 1
+    warning = capsys.readouterr().err
+    assert "skipped 7 bad rows" in warning and "d.jsonl:6:" in warning and "d.jsonl:7:" not in warning
+    assert "and 2 more" in warning
+
+
+def test_skipping_every_row_is_still_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"holds no usable rows \(2 skipped\)"):
+        math_task(tmp_path, ["{", "[]"], skip_bad_rows=True)
+
+
+LONG = json.dumps({"q": "seven " * 600, "a": "1"})  # > 512 tokens: the tiny model's whole context
+
+
+def test_a_prompt_longer_than_the_context_is_refused_naming_file_and_line(tmp_path, tiny):
+    model, tok = tiny
+    assert model.config.max_position_embeddings == 512
+    t = math_task(tmp_path, [GOOD, LONG, GOOD])
+    with pytest.raises(ValueError, match=r"d.jsonl:2: prompt of \d+ tokens \+ 24 new tokens exceeds the model's "
+                                         r"context of 512 tokens.*skip_bad_rows"):
+        limit_prompt_length(t, tok, model, 24)
+    # a prompt that fits alone, but not with the completion budget
+    with pytest.raises(ValueError, match=r"d.jsonl:1: .* \+ 500 new tokens .* \(and 2 more rows\)"):
+        limit_prompt_length(t, tok, model, 500)
+
+
+def test_skip_bad_rows_drops_and_counts_prompts_longer_than_the_context(tmp_path, tiny, capsys):
+    model, tok = tiny
+    t = math_task(tmp_path, [GOOD, LONG, "{", '{"q": "y", "a": "2"}'], skip_bad_rows=True, eval_size=2)
+    limit_prompt_length(t, tok, model, 24)
+    assert t.skipped_rows == 2 and [r.line for r in t.rows] == [1, 4]
+    assert [e.reference for e in t.eval_examples()] == ["1", "2"]  # the held-out split is over the kept rows
+    assert "d.jsonl:2: prompt of" in capsys.readouterr().err
+
+
+def test_a_generated_prompt_longer_than_the_context_names_the_task_and_example(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match=r"task 'chain_sum' \(reasoning_gym\), held-out example 0: prompt of \d+ "
+                                         r"tokens \+ 24 new tokens exceeds the model's context of 512"):
+        limit_prompt_length(task(prompt_template="{question}" + " seven" * 600), tok, model, 24)
+    t = task(eval_size=5)
+    limit_prompt_length(t, tok, model, 24)  # short prompts pass
+    third = t.train_example(3).messages[-1]["content"]
+    t.limit_prompts(lambda ex: "too long" if ex.messages[-1]["content"] == third else None)
+    t.train_example(2)
+    with pytest.raises(ValueError, match=r"task 'chain_sum' \(reasoning_gym\), training example 3: too long"):
+        t.train_example(3)

@@ -8,6 +8,7 @@ contradictory settings up front, naming the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -54,8 +55,12 @@ class TaskConfig:
     eval_seed: int = doc(1, "reasoning_gym: seed of the held-out set")
     eval_size: int = doc(100, "held-out problems (reasoning_gym: distinct questions; files: the first rows, 0 = all)")
     exclude_eval: bool = doc(True, "never train on a held-out question")
-    grader_workers: int = doc(2, "math: grader worker processes")
+    skip_bad_rows: bool = doc(False, "JSONL tasks: leave out malformed rows (bad JSON or UTF-8, not an object, missing/empty field, gsm8k answer without '####') and rows whose prompt + max_new_tokens exceeds the model's context, with a warning naming the first few and their count in summary.json (data/skipped_rows); false: the first such row stops the run, naming file and line")
+    grader_workers: int = doc(2, "worker processes of math checks and of task.reward_fn")
     grader_timeout: float = doc(5.0, "math: seconds before a symbolic check is killed and counted incorrect")
+    reward_fn: Optional[str] = doc(None, "your reward function, replacing the task's scorer: 'module:function' (importable) or 'path/to/file.py:function', called as fn(completion: str, reference: str, metadata: dict) -> float (a bool counts as 0/1; reward >= 1 counts as correct); metadata is {'entry': the generator's item} for reasoning_gym and {'row': the row's fields, ...} for JSONL tasks. It runs in task.grader_workers worker processes under task.reward_timeout")
+    reward_timeout: float = doc(5.0, "seconds one task.reward_fn call may take; then its worker is killed and replaced and the sample gets task.reward_on_error, status 'timeout' (counted in reward/timeouts)")
+    reward_on_error: float = doc(0.0, "reward of a sample whose task.reward_fn raised, returned no finite number (NaN, inf, None, text) or hung: status 'error' (counted in reward/errors) or 'timeout'")
 
 
 @dataclass
@@ -381,6 +386,22 @@ def validate_task(t: TaskConfig) -> None:
     _at_least("task.grader_workers", t.grader_workers, 1)
     if not t.grader_timeout > 0:
         raise ConfigError(f"task.grader_timeout must be > 0, got {t.grader_timeout}")
+    if not t.reward_timeout > 0:
+        raise ConfigError(f"task.reward_timeout must be > 0, got {t.reward_timeout}")
+    if not math.isfinite(t.reward_on_error):
+        raise ConfigError(f"task.reward_on_error must be a finite number, got {t.reward_on_error}")
+    if t.reward_fn is not None:
+        _check_function("task.reward_fn", t.reward_fn)
+
+
+def _check_function(key: str, spec: str) -> None:
+    """Import the function named by ``spec`` now, so a typo fails before any model loads."""
+    from opo.rewards.functions import load_function
+
+    try:
+        load_function(spec)
+    except Exception as e:  # any import-time failure of the user's module is a bad setting
+        raise ConfigError(f"{key}='{spec}' cannot be used: {type(e).__name__}: {e}") from e
 
 
 def _validate_eval_k(key: str, ks: list, n: int) -> None:

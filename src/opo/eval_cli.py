@@ -13,7 +13,7 @@ from opo.evaluate import evaluate, sample_rows
 from opo.models import load_model
 from opo.rollout.hf import HFEngine
 from opo.runtime import pick_threads, resolve_precision
-from opo.tasks import build_task
+from opo.tasks import build_task, limit_prompt_length
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, float]:
@@ -25,6 +25,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, float]:
     model, tok = load_model(cfg.model.path, cfg.model.trust_remote_code, cfg.seed, cfg.model.attention)
     model.eval()
     task = build_task(cfg.task)
+    limit_prompt_length(task, tok, model, cfg.max_new_tokens)
     engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, cfg.precision, seed=cfg.seed)
     try:
         metrics, samples = evaluate(engine, tok, task, n=cfg.n, ks=tuple(cfg.k), temperature=cfg.temperature,
@@ -32,6 +33,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, float]:
                                     repetition=(cfg.repetition.n, cfg.repetition.min_count))
     finally:
         task.close()
+    metrics["data/skipped_rows"] = float(task.skipped_rows)
     metrics["time/eval_s"] = time.time() - started
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps({"config": cfg.to_dict(), "metrics": metrics}, indent=2))

@@ -29,7 +29,7 @@ from opo.metrics import JsonlLogger, repetition_metrics, rollout_metrics
 from opo.models import load_model
 from opo.rollout.hf import HFEngine
 from opo.runtime import StopOnSignal, pick_threads, resolve_precisions
-from opo.tasks import Task, build_task
+from opo.tasks import Task, build_task, limit_prompt_length
 from opo.update import StepData, policy_update
 
 
@@ -75,6 +75,8 @@ def train(cfg: Config) -> dict[str, Any]:
     if cfg.algo.kl_coef > 0:  # the reference is the initial policy, also after a resume
         ref_model = load_model(m.path, m.trust_remote_code, cfg.train.seed, m.attention)[0].requires_grad_(False)
     task = build_task(cfg.task)
+    # one check for both uses of a prompt: training rollouts and held-out evaluation
+    limit_prompt_length(task, tok, model, max(cfg.rollout.max_new_tokens, cfg.train.eval_max_new_tokens))
     engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, cfg.rollout.precision, seed=cfg.train.seed)
     optimizer = build_optimizer(model, cfg)
     warmup = cfg.optim.warmup_steps
@@ -97,6 +99,7 @@ def train(cfg: Config) -> dict[str, Any]:
         for name in ("metrics.jsonl", "samples.jsonl"):
             _truncate_log(run_dir / name, start_step)
         print(f"resume: continuing from {resume_from} (step {start_step})")
+    summary["data/skipped_rows"] = task.skipped_rows
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     log = JsonlLogger(run_dir / "metrics.jsonl", run_dir / "tensorboard" if cfg.train.tensorboard else None)
@@ -230,6 +233,8 @@ def rl_step(
         **repetition_metrics([r.completion for r in batch.rollouts], cfg.repetition.n, cfg.repetition.min_count),
         "reward/no_answer": sum(g.status == "no_answer" for g in graded) / len(graded),
         "reward/grader_failures": float(sum(g.status in ("timeout", "error") for g in graded)),
+        "reward/errors": float(sum(g.status == "error" for g in graded)),
+        "reward/timeouts": float(sum(g.status == "timeout" for g in graded)),
         "time/generate": t_gen, "time/reward": t_reward, "time/train": t_train,
         "time/step": time.time() - t_step,
         "tokens/generated": gen_tokens, "tokens/trained": trained_tokens,

@@ -3,7 +3,8 @@
 Extraction: the last ``\\boxed{...}`` / ``\\fbox{...}`` (balanced braces, also ``\\boxed 5``), else
 GSM8K's ``#### N``, else (configurable) the last number. Equivalence: plain numbers are compared
 exactly in the calling process; anything else goes to ``math-verify`` in a worker process that is
-killed and replaced when it overruns its deadline. Signal-based timeouts (what math-verify uses
+killed and replaced when it overruns its deadline. The same :class:`GraderPool` runs users'
+reward functions (``task.reward_fn``). Signal-based timeouts (what math-verify uses
 by itself) only work on a main thread; a killed process always returns control.
 """
 
@@ -95,20 +96,50 @@ class Grade:
     status: str  # "ok" | "timeout" | "error" | "no_answer"
 
 
+def grade_math(pool: "GraderPool", pairs: list[tuple[Optional[str], str]]) -> list[Grade]:
+    """Grade each (extracted prediction or None, reference answer); ``pool`` runs :func:`symbolic_equal`."""
+    out: list[Optional[Grade]] = [None] * len(pairs)
+    queue = []
+    for idx, (pred, ref) in enumerate(pairs):
+        if pred is None:
+            out[idx] = Grade(False, "no_answer")
+            continue
+        a, b = as_number(pred), as_number(ref)
+        if a is not None and b is not None:  # fast path: exact decimal comparison, no worker
+            out[idx] = Grade(a == b, "ok")
+        else:
+            queue.append(idx)
+    for idx, score in zip(queue, pool.map([list(pairs[i]) for i in queue])):
+        out[idx] = Grade(score.value == 1.0, score.status)
+    return out  # type: ignore[return-value]
+
+
+@dataclass
+class Score:
+    value: float  # the function's result (a bool as 0/1); 0.0 unless status is "ok"
+    status: str  # "ok" | "timeout" | "error"
+
+
+SYMBOLIC_EQUAL = "opo.rewards.grader:symbolic_equal"
+
+
 class GraderPool:
-    """Worker processes that grade (prediction, reference) pairs, each under a hard deadline.
+    """Worker processes that call one function on argument lists, each call under a hard deadline.
 
     Workers are plain subprocesses (``python -m opo.rewards.grader_worker FN``) speaking JSON
     lines, so they work from any caller (no ``__main__`` guard, no fork of a threaded process).
-    A worker that overruns ``timeout`` seconds is killed and replaced; its item is graded
-    incorrect with status ``timeout``. ``fn`` names the check as ``module:function``.
+    A worker that overruns ``timeout`` seconds is killed and replaced; its call gets status
+    ``timeout``. A call that raises or returns no finite number, or whose worker dies, gets status
+    ``error``. ``fn`` is ``module:function`` or ``path/to/file.py:function``; its arguments must be
+    JSON-serialisable (anything else is sent as its ``str``). The first error and the first timeout
+    are reported on stderr with what went wrong; later ones are only counted by the caller.
     """
 
-    def __init__(self, workers: int = 2, timeout: float = 5.0, fn: str = "opo.rewards.grader:symbolic_equal") -> None:
+    def __init__(self, workers: int = 2, timeout: float = 5.0, fn: str = SYMBOLIC_EQUAL) -> None:
         self.timeout = timeout
         self.fn = fn
         self._procs: list[Optional[subprocess.Popen]] = [None] * workers
-        self.timeouts = 0
+        self._reported: set[str] = set()
 
     def _start(self, i: int) -> subprocess.Popen:
         proc = subprocess.Popen(
@@ -126,45 +157,52 @@ class GraderPool:
             stream.close()
         self._procs[i] = None
 
-    def grade(self, pairs: list[tuple[Optional[str], str]]) -> list[Grade]:
-        """Grade each (extracted prediction or None, reference answer)."""
-        out: list[Optional[Grade]] = [None] * len(pairs)
-        queue = []
-        for idx, (pred, ref) in enumerate(pairs):
-            if pred is None:
-                out[idx] = Grade(False, "no_answer")
-                continue
-            a, b = as_number(pred), as_number(ref)
-            if a is not None and b is not None:  # fast path: exact decimal comparison, no worker
-                out[idx] = Grade(a == b, "ok")
-            else:
-                queue.append(idx)
-        busy: dict[int, tuple[int, float]] = {}  # worker -> (item, deadline)
+    def _report(self, status: str, detail: str) -> None:
+        if status not in self._reported:
+            self._reported.add(status)
+            print(f"opo: warning: {self.fn} {detail} (later {status}s are counted, not shown)", file=sys.stderr)
+
+    def map(self, calls: list[list]) -> list[Score]:
+        """``fn(*args)`` for each argument list in ``calls``, in order."""
+        out: list[Optional[Score]] = [None] * len(calls)
+        queue = list(range(len(calls)))
+        busy: dict[int, tuple[int, float]] = {}  # worker -> (call, deadline)
         while queue or busy:
             for w in range(len(self._procs)):
                 if w not in busy and queue:
                     proc = self._procs[w] or self._start(w)
                     idx = queue.pop(0)
-                    proc.stdin.write(json.dumps([pairs[idx][0], pairs[idx][1]]) + "\n")
-                    proc.stdin.flush()
+                    try:
+                        proc.stdin.write(json.dumps(calls[idx], default=str) + "\n")
+                        proc.stdin.flush()
+                    except OSError:  # the worker already died (e.g. its function could not be loaded)
+                        out[idx] = Score(0.0, "error")
+                        self._report("error", "worker exited before it was called")
+                        self._kill(w)
+                        continue
                     busy[w] = (idx, time.monotonic() + self.timeout)
+            if not busy:
+                continue
             streams = {self._procs[w].stdout: w for w in busy}
             next_deadline = min(d for _, d in busy.values())
             for stream in wait(list(streams), timeout=max(0.0, next_deadline - time.monotonic())):
                 w = streams[stream]
                 line = stream.readline()
                 if line:
-                    correct, status = json.loads(line)
-                    out[busy[w][0]] = Grade(correct, status)
-                else:  # the worker died (e.g. out of memory)
-                    out[busy[w][0]] = Grade(False, "error")
+                    value, status, detail = json.loads(line)
+                    out[busy[w][0]] = Score(value, status)
+                    if status != "ok":
+                        self._report(status, detail)
+                else:  # the worker died (out of memory, the function called exit, ...)
+                    out[busy[w][0]] = Score(0.0, "error")
+                    self._report("error", "worker exited during a call")
                     self._kill(w)
                 del busy[w]
             now = time.monotonic()
             for w, (idx, deadline) in list(busy.items()):
                 if now >= deadline:
-                    out[idx] = Grade(False, "timeout")
-                    self.timeouts += 1
+                    out[idx] = Score(0.0, "timeout")
+                    self._report("timeout", f"did not return within {self.timeout:g} s; its worker was replaced")
                     self._kill(w)
                     del busy[w]
         return out  # type: ignore[return-value]

@@ -1,27 +1,47 @@
-"""A grader worker: reads JSON ``[prediction, reference]`` lines, writes ``[correct, status]`` lines.
+"""A grader worker: calls one function on JSON argument lists, one per line, and answers
+``[value, status, detail]`` lines: the result as a finite float (a bool counts as 0/1) and status
+``ok``, or value 0.0, status ``error`` and what went wrong.
 
-Run by :class:`opo.rewards.grader.GraderPool` as ``python -m opo.rewards.grader_worker module:function``.
+Run by :class:`opo.rewards.grader.GraderPool` as ``python -m opo.rewards.grader_worker SPEC`` with SPEC
+``module:function`` or ``path/to/file.py:function``.
 """
 
-import importlib
 import json
 import logging
+import math
+import os
 import sys
+from typing import Any, Callable
+
+from opo.rewards.functions import load_function
+
+
+def call(fn: Callable, args: list) -> list:
+    """``[value, status, detail]`` of ``fn(*args)``; a bug or a non-number is an error, not a crash."""
+    try:
+        value: Any = fn(*args)
+    except Exception as e:
+        return [0.0, "error", f"raised {type(e).__name__}: {e}"]
+    try:
+        score = math.nan if isinstance(value, (str, bytes)) else float(value)
+    except (TypeError, ValueError):
+        score = math.nan
+    if not math.isfinite(score):
+        return [0.0, "error", f"returned {value!r:.80}, not a finite number"]
+    return [score, "ok", ""]
 
 
 def main() -> None:
-    module, name = sys.argv[1].split(":")
-    fn = getattr(importlib.import_module(module), name)
+    fn = load_function(sys.argv[1])
+    # The protocol owns the real stdout; whatever the function prints (Python or C) goes to stderr.
+    protocol = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     # math-verify warns that its own (signal) timeouts are off: the pool's hard deadline replaces them.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     for line in sys.stdin:
-        pred, ref = json.loads(line)
-        try:
-            result = [bool(fn(pred, ref)), "ok"]
-        except Exception:  # a grader bug on one input is an incorrect answer, not a crash
-            result = [False, "error"]
-        sys.stdout.write(json.dumps(result) + "\n")
-        sys.stdout.flush()
+        protocol.write(json.dumps(call(fn, json.loads(line))) + "\n")
+        protocol.flush()
 
 
 if __name__ == "__main__":

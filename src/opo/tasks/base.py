@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Task(Protocol):
     """A source of training and held-out examples plus a verifiable reward."""
 
     name: str
+    skipped_rows: int  # data rows left out by task.skip_bad_rows (0 for generated tasks)
 
     def train_example(self, index: int) -> Example:
         """The ``index``-th training example (deterministic, so a run resumes at a data position)."""
@@ -39,8 +40,16 @@ class Task(Protocol):
         """The fixed held-out set."""
         ...
 
+    def answer(self, completion: str) -> Optional[str]:
+        """The final answer the task's extractor finds in a completion, or None."""
+        ...
+
     def grade(self, completions: list[str], examples: list[Example]) -> list[Graded]:
         """Verdicts on completions of the given examples (one each)."""
+        ...
+
+    def limit_prompts(self, problem: Callable[[Example], Optional[str]]) -> None:
+        """Refuse (or, where the task may, leave out) examples for which ``problem`` returns a reason."""
         ...
 
     def close(self) -> None:

@@ -1,17 +1,19 @@
 """Math word problems from JSONL: GSM8K, MATH-500, AIME/AMC-style files, or any user file.
 
-Rows are read eagerly and checked: a bad row is reported with file, line and field. Answers are
+Rows are read eagerly and checked: a bad row is reported with file, line and field (or, with
+``task.skip_bad_rows``, left out, named in a warning and counted). Answers are
 graded by :mod:`opo.rewards.grader` (number fast path, math-verify under a hard timeout).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from opo.rewards.grader import GraderPool, extract_answer, extract_gsm8k
+from opo.rewards.grader import GraderPool, extract_answer, extract_gsm8k, grade_math
 from opo.tasks.base import Example, Graded
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -34,43 +36,83 @@ PRESETS = {
 EXTRACTION = {"math": ("boxed", "gsm8k", "last_number"), "boxed": ("boxed",)}
 
 
-def load_rows(path: Path, question_field: str, answer_field: str, answer_format: str) -> list[dict[str, Any]]:
-    """Rows of a JSONL file with non-empty question and answer; errors name file, line and field."""
+@dataclass
+class Row:
+    """One usable row of a data file: where it is, its question and reference answer, all its fields."""
+
+    line: int
+    question: str
+    reference: str
+    fields: dict[str, Any]
+
+
+class BadRow(ValueError):
+    """Why one row cannot be used (the caller adds file and line)."""
+
+
+def parse_row(raw: bytes, line: int, question_field: str, answer_field: str, answer_format: str) -> Optional[Row]:
+    """The row on one line of a JSONL file, None for a blank line; BadRow says what is wrong."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRow(f"not UTF-8 ({e.reason} at byte {e.start})") from None
+    if not text.strip():
+        return None
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadRow(f"not valid JSON ({e.msg})") from None
+    if not isinstance(fields, dict):
+        raise BadRow("expected a JSON object")
+    for name in (question_field, answer_field):
+        value = fields.get(name)
+        if value is None or not str(value).strip():
+            raise BadRow(f"field '{name}' is missing or empty")
+    answer: Optional[str] = str(fields[answer_field])
+    if answer_format == "gsm8k":
+        answer = extract_gsm8k(answer)
+        if answer is None:
+            raise BadRow(f"field '{answer_field}' has no '#### <answer>' line")
+    return Row(line, str(fields[question_field]), answer.strip(), fields)
+
+
+def load_rows(path: Path, question_field: str, answer_field: str, answer_format: str,
+              skip_bad: bool = False) -> tuple[list[Row], list[str]]:
+    """The usable rows of a JSONL file and, with ``skip_bad``, a 'file:line: reason' per row left out;
+    without it the first bad row raises ValueError naming file, line and field."""
     if not path.is_file():
         raise ValueError(f"task data file '{path}' does not exist")
-    rows = []
+    rows, skipped = [], []
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+        for line, raw in enumerate(f, start=1):
             try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {e.start})") from None
-            if not line.strip():
+                row = parse_row(raw, line, question_field, answer_field, answer_format)
+            except BadRow as e:
+                if not skip_bad:
+                    raise ValueError(f"{path}:{line}: {e} (task.skip_bad_rows=true skips such rows)") from None
+                skipped.append(f"{path}:{line}: {e}")
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object")
-            for field in (question_field, answer_field):
-                value = row.get(field)
-                if value is None or not str(value).strip():
-                    raise ValueError(f"{path}:{lineno}: field '{field}' is missing or empty")
-            answer = str(row[answer_field])
-            if answer_format == "gsm8k":
-                answer = extract_gsm8k(answer)
-                if answer is None:
-                    raise ValueError(f"{path}:{lineno}: field '{answer_field}' has no '#### <answer>' line")
-            row["_reference"] = answer.strip()
-            rows.append(row)
+            if row is not None:
+                rows.append(row)
     if not rows:
-        raise ValueError(f"task data file '{path}' holds no rows")
-    return rows
+        raise ValueError(f"task data file '{path}' holds no usable rows" + (f" ({len(skipped)} skipped)" if skipped else ""))
+    return rows, skipped
+
+
+def warn_skipped(path: Path, reasons: list[str], shown: int = 5) -> None:
+    """One warning naming the first ``shown`` rows left out and how many there were."""
+    more = f"; and {len(reasons) - shown} more" if len(reasons) > shown else ""
+    print(f"opo: warning: {path}: skipped {len(reasons)} bad row{'s' * (len(reasons) > 1)} (task.skip_bad_rows=true): "
+          + "; ".join(reasons[:shown]) + more, file=sys.stderr)
 
 
 class MathTask:
-    """Held-out set = the first ``eval_size`` rows (0: all); training cycles through the others."""
+    """Held-out set = the first ``eval_size`` rows (0: all); training cycles through the others.
+
+    With ``skip_bad_rows`` malformed rows (and, after :meth:`limit_prompts`, rows whose prompt does
+    not fit the model) are left out with a warning and counted in ``skipped_rows``; otherwise the
+    first one raises ValueError naming file and line.
+    """
 
     def __init__(
         self,
@@ -85,25 +127,35 @@ class MathTask:
         eval_size: int,
         grader_workers: int = 2,
         grader_timeout: float = 5.0,
+        skip_bad_rows: bool = False,
     ) -> None:
         preset = PRESETS.get(name, Preset("", "question", "answer", "plain"))
         self.name = name
         self.path = Path(path) if path else DATA_DIR / preset.path
         self.breakdown = preset.breakdown
-        self.question_field = question_field or preset.question_field
-        self.rows = load_rows(self.path, self.question_field, answer_field or preset.answer_field,
-                              answer_format or preset.answer_format)
+        self.skip_bad_rows = skip_bad_rows
+        self.rows, skipped = load_rows(self.path, question_field or preset.question_field,
+                                       answer_field or preset.answer_field, answer_format or preset.answer_format,
+                                       skip_bad_rows)
+        self.skipped_rows = len(skipped)
+        if skipped:
+            warn_skipped(self.path, skipped)
         self.prompt_template = prompt_template or MATH_PROMPT
         self.system_prompt = system_prompt
         self.methods = EXTRACTION[extractor or "math"]
-        self.n_eval = len(self.rows) if eval_size == 0 else min(eval_size, len(self.rows))
+        self.eval_size = eval_size
         self.pool = GraderPool(grader_workers, grader_timeout)
 
-    def _example(self, row: dict[str, Any]) -> Example:
+    @property
+    def n_eval(self) -> int:
+        return len(self.rows) if self.eval_size == 0 else min(self.eval_size, len(self.rows))
+
+    def _example(self, row: Row) -> Example:
         messages = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
-        messages.append({"role": "user", "content": self.prompt_template.format(question=row[self.question_field])})
-        meta = {k: row[k] for k in self.breakdown if k in row}
-        return Example(messages, row["_reference"], meta)
+        messages.append({"role": "user", "content": self.prompt_template.format(question=row.question)})
+        meta: dict[str, Any] = {k: row.fields[k] for k in self.breakdown if k in row.fields}
+        meta["row"] = row.fields  # for task.reward_fn; a dict, so evaluation never groups by it
+        return Example(messages, row.reference, meta)
 
     def eval_examples(self) -> list[Example]:
         return [self._example(r) for r in self.rows[: self.n_eval]]
@@ -114,9 +166,31 @@ class MathTask:
             raise ValueError(f"task '{self.name}': every row is held out (task.eval_size={self.n_eval}); lower it")
         return self._example(train[index % len(train)])
 
+    def limit_prompts(self, problem: Callable[[Example], Optional[str]]) -> None:
+        """Check every row's prompt once: ``problem`` says what is wrong with one, or None."""
+        bad = {}
+        for row in self.rows:
+            reason = problem(self._example(row))
+            if reason is not None:
+                bad[row.line] = f"{self.path}:{row.line}: {reason}"
+        if not bad:
+            return
+        if not self.skip_bad_rows:
+            more = f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""
+            raise ValueError(f"{next(iter(bad.values()))}{more}; shorten the prompt, lower "
+                             "max_new_tokens, or drop such rows with task.skip_bad_rows=true")
+        self.rows = [r for r in self.rows if r.line not in bad]
+        self.skipped_rows += len(bad)
+        warn_skipped(self.path, list(bad.values()))
+        if not self.rows:
+            raise ValueError(f"task data file '{self.path}': no row fits the model")
+
+    def answer(self, completion: str) -> Optional[str]:
+        return extract_answer(completion, self.methods)[0]
+
     def grade(self, completions: list[str], examples: list[Example]) -> list[Graded]:
-        extracted = [extract_answer(c, self.methods)[0] for c in completions]
-        grades = self.pool.grade([(a, ex.reference) for a, ex in zip(extracted, examples)])
+        extracted = [self.answer(c) for c in completions]
+        grades = grade_math(self.pool, [(a, ex.reference) for a, ex in zip(extracted, examples)])
         return [Graded(a, float(g.correct), g.correct, g.status) for a, g in zip(extracted, grades)]
 
     def close(self) -> None:

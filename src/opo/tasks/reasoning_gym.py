@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import reasoning_gym
 
@@ -49,6 +49,8 @@ class ReasoningGymTask:
         # Training indices skip excluded questions; map logical index -> generator index lazily.
         self._index: list[int] = []
         self._next_raw = 0
+        self._problem: Optional[Callable[[Example], Optional[str]]] = None
+        self.skipped_rows = 0  # generated problems have no rows to skip
 
     def _raw_index(self, index: int) -> int:
         while len(self._index) <= index:
@@ -67,15 +69,32 @@ class ReasoningGymTask:
         return Example(messages, str(item["answer"]), {"entry": item})
 
     def train_example(self, index: int) -> Example:
-        return self._example(self._train[self._raw_index(index)])
+        return self._checked(self._example(self._train[self._raw_index(index)]), f"training example {index}")
+
+    def limit_prompts(self, problem: Callable[[Example], Optional[str]]) -> None:
+        """Check the held-out prompts now and each training prompt when it is drawn: ``problem`` says
+        what is wrong with one, or None. Generated problems cannot be skipped: a bad one raises."""
+        self._problem = problem
+        for i, example in enumerate(self.eval_examples()):
+            self._checked(example, f"held-out example {i}")
+
+    def _checked(self, example: Example, where: str) -> Example:
+        reason = None if self._problem is None else self._problem(example)
+        if reason is not None:
+            raise ValueError(f"task '{self.name}' (reasoning_gym), {where}: {reason}; make the problems smaller "
+                             "(task.generator_args) or lower max_new_tokens")
+        return example
 
     def eval_examples(self) -> list[Example]:
         return [self._example(item) for item in self._eval_items]
 
+    def answer(self, completion: str) -> Optional[str]:
+        return self.extract(completion)
+
     def grade(self, completions: list[str], examples: list[Example]) -> list[Graded]:
         out = []
         for completion, example in zip(completions, examples):
-            answer = self.extract(completion)
+            answer = self.answer(completion)
             if answer is None:
                 out.append(Graded(None, 0.0, False, "no_answer"))
                 continue

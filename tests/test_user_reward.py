@@ -1,0 +1,118 @@
+"""User reward functions (task.reward_fn) run in worker processes under a hard deadline; a function
+that raises, returns no finite number or hangs gives a defined reward and a status, never a crash."""
+
+import json
+
+import pytest
+
+from opo.config import ConfigError, load_config
+from opo.rewards.grader import GraderPool
+from opo.tasks import UserRewardTask, build_task
+from opo.trainer import train
+
+REWARDS = '''
+import os, time
+
+def exact(completion, reference, metadata):
+    print("printed output must not break the worker protocol")
+    return completion.strip() == reference
+
+def by_text(completion, reference, metadata):
+    if completion == "raise":
+        raise ZeroDivisionError("bug in the reward")
+    if completion == "hang":
+        time.sleep(10_000)
+    if completion == "pid":
+        return os.getpid()
+    return {"nan": float("nan"), "inf": float("inf"), "none": None, "text": "1.0", "list": [1]}.get(completion, 0.5)
+
+def explode(completion, reference, metadata):
+    raise RuntimeError("reward function bug")
+
+not_a_function = 3
+'''
+
+
+@pytest.fixture
+def rewards(tmp_path):
+    path = tmp_path / "my_rewards.py"
+    path.write_text(REWARDS)
+    return str(path)
+
+
+@pytest.mark.parametrize("bad", ["raise", "nan", "inf", "none", "text", "list"])
+def test_a_reward_that_raises_or_returns_no_finite_number_is_an_error(rewards, bad, capsys):
+    with GraderPool(workers=1, timeout=30.0, fn=f"{rewards}:by_text") as pool:
+        failed, fine = pool.map([[bad, "1", {}], ["ok", "1", {}]])
+    assert (failed.value, failed.status) == (0.0, "error")
+    assert (fine.value, fine.status) == (0.5, "ok")  # the same worker goes on grading
+    assert "by_text" in capsys.readouterr().err  # the first failure says what went wrong
+
+
+def test_a_hung_reward_is_killed_its_worker_replaced_and_later_samples_graded(rewards):
+    with GraderPool(workers=1, timeout=1.0, fn=f"{rewards}:by_text") as pool:
+        before, hung, after = pool.map([["pid", "1", {}], ["hang", "1", {}], ["pid", "1", {}]])
+    assert [s.status for s in (before, hung, after)] == ["ok", "timeout", "ok"]
+    assert hung.value == 0.0 and before.value != after.value  # a new worker process graded the last call
+
+
+def test_user_reward_replaces_the_tasks_scorer_with_defined_rewards_on_failure(rewards):
+    cfg = load_config(None, ["task.eval_size=3", f"task.reward_fn={rewards}:by_text", "task.reward_timeout=1",
+                             "task.reward_on_error=-1", "task.grader_workers=1"])
+    task = build_task(cfg.task)
+    try:
+        assert isinstance(task, UserRewardTask)
+        ex = task.eval_examples()[0]
+        graded = task.grade(["raise", "nan", "hang", "ok 12"], [ex] * 4)
+    finally:
+        task.close()
+    assert [(g.reward, g.status) for g in graded] == [(-1.0, "error"), (-1.0, "error"), (-1.0, "timeout"), (0.5, "ok")]
+    assert graded[3].answer == "12" and not graded[3].correct  # the task's extractor still fills the answer
+
+
+def test_user_reward_on_a_jsonl_task_sees_the_row(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"question": "2+2?", "answer": "4", "tests": [1, 2]}) + "\n")
+    (tmp_path / "r.py").write_text("def f(completion, reference, metadata):\n"
+                                   "    return float(metadata['row']['tests'] == [1, 2] and completion == reference)\n")
+    cfg = load_config(None, ["task.name=jsonl", f"task.data_path={data}", f"task.reward_fn={tmp_path / 'r.py'}:f"])
+    task = build_task(cfg.task)
+    try:
+        (ex,) = task.eval_examples()
+        right, wrong = task.grade(["4", "5"], [ex, ex])
+    finally:
+        task.close()
+    assert (right.reward, right.correct, wrong.reward) == (1.0, True, 0.0)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("no_colon", "must be 'module:function'"),
+    ("opo_no_such_module:f", "ModuleNotFoundError"),
+    ("missing_file.py:f", "file 'missing_file.py' does not exist"),
+    ("{rewards}:nope", "has no attribute 'nope'"),
+    ("{rewards}:not_a_function", "is a int, not a function"),
+    ("opo.rewards.grader:as_number", None),  # an importable module's function is accepted
+])
+def test_reward_fn_is_checked_up_front_naming_the_key(rewards, spec, message):
+    override = f"task.reward_fn={spec.format(rewards=rewards)}"
+    if message is None:
+        assert load_config(None, [override]).task.reward_fn == "opo.rewards.grader:as_number"
+        return
+    with pytest.raises(ConfigError, match=f"task.reward_fn=.*{message}"):
+        load_config(None, [override])
+
+
+def test_a_failing_reward_is_counted_and_the_run_finishes(rewards, tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config(None, [
+        "model.path=tiny", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=3", "rollout.max_new_tokens=4",
+        "task.eval_size=2", "train.eval_max_new_tokens=4", "train.progress=false", "train.eval_before=false",
+        "train.steps=2", f"run_dir={run}", f"task.reward_fn={rewards}:explode", "task.reward_on_error=0.25"])
+    train(cfg)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "reward/mean" in r]
+    assert [(r["reward/errors"], r["reward/timeouts"], r["reward/grader_failures"]) for r in steps] == [(6, 0, 6)] * 2
+    assert all(r["reward/mean"] == 0.25 for r in steps)
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 12 and {(s["status"], s["reward"]) for s in samples} == {("error", 0.25)}
+    assert rows[-1]["eval/grader_errors"] == 2  # held-out evaluation is graded by the same function
