@@ -87,6 +87,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"wrote {write_report(ns.runs, ns.out, ns.svg_dir)}")
             return 0
         config_path, overrides = _split_args(ns.settings)
+        if ns.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(f"'opo {ns.command}' runs on one process; only 'opo train' runs under torchrun")
         if ns.command == "train":
             cfg = load_config(config_path, overrides)
             from opo.trainer import train  # heavy imports only once the config is valid

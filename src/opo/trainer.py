@@ -133,21 +133,22 @@ def _train(cfg: Config, d: Dist) -> dict[str, Any]:
         log = JsonlLogger(run_dir / "metrics.jsonl", run_dir / "tensorboard" if cfg.train.tensorboard else None)
         samples_log = JsonlLogger(run_dir / "samples.jsonl")
 
-    def held_out() -> dict[str, float]:  # rank 0 only
+    def held_out() -> dict[str, float]:  # every process evaluates its share of the problems
         t0 = time.time()
         ks = tuple(k for k in cfg.train.eval_k if k <= cfg.train.eval_n)
         # Evaluation samples from its own seeded stream; training reseeds its sampler every step, so
         # whether and how often evaluation runs never changes the training rollouts.
-        engine.generator.manual_seed(cfg.train.seed + 10_000)
+        engine.generator.manual_seed(cfg.train.seed + 10_000 + d.rank)
         result, _ = evaluate(engine, tok, task, n=cfg.train.eval_n, ks=ks, temperature=cfg.train.eval_temperature,
                              max_new_tokens=cfg.train.eval_max_new_tokens,
-                             repetition=(cfg.repetition.n, cfg.repetition.min_count))
+                             repetition=(cfg.repetition.n, cfg.repetition.min_count), dist=d)
         result["time/eval"] = time.time() - t0
         return result
 
-    if start_step == 0 and cfg.train.eval_before and d.main:
+    if start_step == 0 and cfg.train.eval_before:
         summary["before"] = held_out()
-        log.log({"step": 0, **summary["before"]})
+        if d.main:
+            log.log({"step": 0, **summary["before"]})
         say(f"held-out accuracy before training: {summary['before']['eval/accuracy']:.1%} "
             f"({int(summary['before']['eval/n'])} problems, greedy)")
 
@@ -163,9 +164,9 @@ def _train(cfg: Config, d: Dist) -> dict[str, Any]:
             scheduler.step()
             data_pos += P
             row = {"step": step + 1, **row, "lr": scheduler.get_last_lr()[0]}
+            if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
+                row.update(held_out())  # logged with the step's row
             if d.main:
-                if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
-                    row.update(held_out())  # logged with the step's row
                 log.log(row)
                 for sample in samples:
                     samples_log.log({"step": step + 1, **sample})
@@ -205,8 +206,8 @@ def _train(cfg: Config, d: Dist) -> dict[str, Any]:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
+    summary["after"] = held_out()
     if d.main:
-        summary["after"] = held_out()
         log.log({"step": cfg.train.steps, **summary["after"]})
     task.close()
     summary["wall_time_s"] = time.time() - started
