@@ -91,7 +91,7 @@ def worker_opo(prompts: int, samples: int, tokens: int, steps: int, start: int, 
     n_params = sum(p.numel() for p in model.parameters())
     rows, rss = [], []
     for i in range(steps):
-        row, _ = rl_step(cfg, model, tok, engine, task, optimizer, None, shuffle, start + i * prompts)
+        row, _ = rl_step(cfg, model, tok, engine, task, optimizer, None, shuffle, start + i * prompts, i)
         rows.append(row)
         rss.append(rss_mb())
     return {"rows": rows, "rss": rss, "peak_rss_mb": peak_rss_mb(), "params": n_params,

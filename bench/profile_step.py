@@ -41,7 +41,7 @@ def main() -> None:
     optimizer = trainer.build_optimizer(model, cfg)
     shuffle = torch.Generator().manual_seed(1)
     P = cfg.rollout.prompts_per_step
-    trainer.rl_step(cfg, model, tok, engine, task, optimizer, None, shuffle, 0)  # warm-up
+    trainer.rl_step(cfg, model, tok, engine, task, optimizer, None, shuffle, 0, 0)  # warm-up
 
     generate, update = engine.generate, trainer.policy_update
     tables = {}
@@ -56,7 +56,7 @@ def main() -> None:
 
     engine.generate = profiled("rollout", generate)
     trainer.policy_update = profiled("update", update)
-    row, _ = trainer.rl_step(cfg, model, tok, engine, task, optimizer, None, shuffle, P)
+    row, _ = trainer.rl_step(cfg, model, tok, engine, task, optimizer, None, shuffle, P, 1)
     print({k: round(v, 3) for k, v in row.items() if k.startswith(("time/", "tokens/"))})
     for name, table in tables.items():
         print(f"\n== {name} ==\n{table}")

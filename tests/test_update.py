@@ -134,8 +134,8 @@ def test_policy_shift_is_zero_without_a_step_and_positive_with_one(tiny):
     moved = policy_update(m, torch.optim.SGD(m.parameters(), lr=10.0), cfg, data, measure_shift=True)
     assert moved["policy_shift/k3"] > 0
     # k3 equals a direct recomputation of KL(before || after) on the batch's tokens
-    before = record_logprobs(model, cfg, data, Counter(), "x")
-    after = record_logprobs(m, cfg, data, Counter(), "x")
+    before = record_logprobs(model, cfg, data, list(range(len(data.prompts))), Counter(), "x")
+    after = record_logprobs(m, cfg, data, list(range(len(data.prompts))), Counter(), "x")
     d = (after - before) * data.mask
     k3 = float(((torch.exp(d) - d - 1) * data.mask).sum() / data.mask.sum())
     assert abs(moved["policy_shift/k3"] - k3) < 1e-6 * max(1.0, k3)

@@ -1,5 +1,12 @@
+import os
 import sys
 
 from opo.cli import main
 
+if "TORCHELASTIC_RUN_ID" in os.environ:
+    # Under torchrun: an uncaught error becomes this rank's error file, which torchrun prints as
+    # the job's root cause (with the failing rank) when it stops the other ranks.
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    main = record(main)
 sys.exit(main())

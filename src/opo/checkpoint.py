@@ -34,14 +34,14 @@ def _fsync_tree(path: Path) -> None:
         os.close(fd)
 
 
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "sampler": generator.get_state()}
+def rng_state() -> dict[str, Any]:
+    """The global RNG states (the sampler is reseeded every step and needs none)."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
 
 
-def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(_tuples(state["python"]))
-    generator.set_state(state["sampler"])
 
 
 def _tuples(x: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Optional
@@ -35,6 +36,11 @@ def _split_args(args: list[str]) -> tuple[Optional[str], list[str]]:
     if args and "=" not in args[0]:
         config, args = args[0], args[1:]
     return config, args
+
+
+def _who() -> str:
+    """``opo``, or ``opo (rank R)`` in a multi-process job, so an error names the process that failed."""
+    return f"opo (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "opo"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -81,6 +87,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"wrote {write_report(ns.runs, ns.out, ns.svg_dir)}")
             return 0
         config_path, overrides = _split_args(ns.settings)
+        if ns.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(f"'opo {ns.command}' runs on one process; only 'opo train' runs under torchrun")
         if ns.command == "train":
             cfg = load_config(config_path, overrides)
             from opo.trainer import train  # heavy imports only once the config is valid
@@ -99,13 +107,13 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             run_eval(ecfg)
     except ConfigError as e:
-        print(f"opo: config error: {e}", file=sys.stderr)
+        print(f"{_who()}: config error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:  # bad data files and similar input errors, already naming what is wrong
-        print(f"opo: error: {e}", file=sys.stderr)
+        print(f"{_who()}: error: {e}", file=sys.stderr)
         return 2
     except TrainingAborted as e:
-        print(f"opo: training aborted: {e}", file=sys.stderr)
+        print(f"{_who()}: training aborted: {e}", file=sys.stderr)
         return 3
     return 0
 

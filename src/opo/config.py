@@ -103,7 +103,7 @@ class TrainConfig:
     steps: int = doc(30, "RL steps (rollout batches) to run")
     seed: int = doc(0, "seed of sampling and of the tiny model's weights")
     micro_batch_tokens: int = doc(4096, "token budget of one micro-batch (prompt + completion tokens); gradients accumulate across micro-batches")
-    threads: int = doc(0, "torch intra-op threads; 0 times one thread against all cores at start and keeps the faster (on one 2-vCPU machine two were 2.5x slower than one at one time and twice as fast at another); 0 with deterministic=true means 1")
+    threads: int = doc(0, "torch intra-op threads; 0 times one thread against all cores at start and keeps the faster (on one 2-vCPU machine two were 2.5x slower than one at one time and twice as fast at another); 0 with deterministic=true means 1; 0 under torchrun gives each process its share of the cores")
     max_bad_steps: int = doc(3, "abort after this many consecutive steps whose gradient was NaN/inf (each such step is skipped: no weight update); the last checkpoint stays as it was")
     deterministic: bool = doc(False, "use deterministic torch algorithms (for exact resume checks)")
     shift_every: int = doc(5, "every N steps, estimate the policy shift KL(pi_before || pi_after) of the optimizer step(s) on the step's own tokens (k1 and k3; costs one forward pass; 0: never)")

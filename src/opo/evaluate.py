@@ -9,6 +9,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
+from opo.distributed import Dist
 from opo.metrics import majority_vote, max_ngram_count, ngram_repetition, pass_at_k
 from opo.rollout.base import Engine
 from opo.tasks.base import Example, Task
@@ -44,13 +45,13 @@ class Sample:
 
 
 def _generate(engine: Engine, tokenizer: Any, task: Task, examples: list[Example], prompts: list[list[int]],
-              n: int, temperature: float, max_new_tokens: int, batch_size: int, mode: str,
+              problems: range, n: int, temperature: float, max_new_tokens: int, batch_size: int, mode: str,
               repetition: tuple[int, int]) -> list[Sample]:
     rep_n, rep_min = repetition
     per_call = max(1, batch_size // n)  # problems per engine call
     out: list[Sample] = []
-    for start in range(0, len(examples), per_call):
-        idx = list(range(start, min(start + per_call, len(examples))))
+    for start in range(0, len(problems), per_call):
+        idx = list(problems[start : start + per_call])
         batch = engine.generate([prompts[i] for i in idx], idx, n, max_new_tokens, temperature)
         texts = [decode(tokenizer, r.completion) for r in batch.rollouts]
         graded = task.grade(texts, [examples[r.group] for r in batch.rollouts])
@@ -74,9 +75,11 @@ def evaluate(
     greedy: bool = True,
     batch_size: int = 64,
     repetition: tuple[int, int] = (4, 3),
+    dist: Dist = Dist(),
 ) -> tuple[dict[str, float], list[Sample]]:
     """Metrics (flat ``eval/...`` keys) and every sample; ``n`` sampled completions per problem;
-    ``repetition`` is (n, min_count) of the n-gram repetition measures."""
+    ``repetition`` is (n, min_count) of the n-gram repetition measures. Under torch.distributed each
+    process generates for its share of the problems and every process returns the whole result."""
     if n and temperature <= 0:
         raise ValueError(f"sampled evaluation (n={n}) needs temperature > 0, got {temperature}")
     for k in ks:
@@ -84,13 +87,15 @@ def evaluate(
             raise ValueError(f"pass@{k} needs n >= {k} samples per problem, got n={n}")
     examples = task.eval_examples()
     prompts = encode(tokenizer, examples)
+    mine = dist.share(len(examples))
     samples: list[Sample] = []
     if greedy:
-        samples += _generate(engine, tokenizer, task, examples, prompts, 1, 0.0, max_new_tokens, batch_size, "greedy",
-                             repetition)
+        samples += _generate(engine, tokenizer, task, examples, prompts, mine, 1, 0.0, max_new_tokens, batch_size,
+                             "greedy", repetition)
     if n:
-        samples += _generate(engine, tokenizer, task, examples, prompts, n, temperature, max_new_tokens, batch_size,
-                             "sampled", repetition)
+        samples += _generate(engine, tokenizer, task, examples, prompts, mine, n, temperature, max_new_tokens,
+                             batch_size, "sampled", repetition)
+    samples = dist.gather(samples)
     metrics = summarise(samples, examples, ks if n else ())
     for key in sorted({k for ex in examples for k in ex.metadata if isinstance(ex.metadata[k], (str, int))}):
         groups: dict[str, list[int]] = defaultdict(list)

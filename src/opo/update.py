@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 from opo.algos.advantages import ADVANTAGES
 from opo.algos.losses import KL_ESTIMATORS, POLICY_LOSSES, aggregate
 from opo.config import Config
+from opo.distributed import Dist
 from opo.logprobs import PromptBatch, completion_logprobs
 from opo.rollout.base import RolloutBatch
 
@@ -106,10 +107,13 @@ def _forward(model: PreTrainedModel, cfg: Config, data: StepData, groups: list[i
 
 
 @torch.no_grad()
-def record_logprobs(model: PreTrainedModel, cfg: Config, data: StepData, counts: Counter, key: str) -> torch.Tensor:
-    """Log-probs ``(N, T)`` of the batch under ``model``, without gradient (old or reference policy)."""
+def record_logprobs(
+    model: PreTrainedModel, cfg: Config, data: StepData, groups: list[int], counts: Counter, key: str
+) -> torch.Tensor:
+    """Log-probs ``(N, T)`` of ``groups``' completions under ``model``, without gradient (old or
+    reference policy); zero on the other rows."""
     out = torch.zeros_like(data.mask)
-    groups = list(range(len(data.prompts)))
+    counts[key] += 0  # the same keys on every process, also one without groups here
     for mb in micro_batches(data, groups, cfg.train.micro_batch_tokens):
         rows, width, logp, _ = _forward(model, cfg, data, mb)
         out[rows, :width] = logp
@@ -125,26 +129,35 @@ def policy_update(
     ref_model: Optional[PreTrainedModel] = None,
     generator: Optional[torch.Generator] = None,
     measure_shift: bool = False,
+    dist: Dist = Dist(),
 ) -> dict[str, float]:
     """Run the optimizer step(s) for one rollout batch and return metrics.
+
+    ``data`` is the global batch; this process computes forward and backward for its share of the
+    groups (``dist.share``, all of them on one process), normalises by the global token and
+    sequence counts and sums the gradients across processes before each optimizer step, so the
+    step equals the single-process one on the same batch.
 
     With ``measure_shift`` it also estimates the policy shift KL(pi_before || pi_after) on the
     batch's own tokens (sampled from pi_before), with the k1 and k3 estimators: one extra forward
     pass after the last optimizer step.
     """
-    counts: Counter = Counter()
-    old_logp = record_logprobs(model, cfg, data, counts, "passes/old_logprob") if cfg.off_policy else None
+    counts: Counter = Counter({"passes/train_forward": 0})
+    n_groups = len(data.prompts)
+    mine = list(dist.share(n_groups))
+    old_logp = record_logprobs(model, cfg, data, mine, counts, "passes/old_logprob") if cfg.off_policy else None
     # pi_before's log-probs: recorded off-policy; on-policy the training forward gives them for free
     before_logp = torch.zeros_like(data.mask) if measure_shift and old_logp is None else old_logp
-    ref_logp = record_logprobs(ref_model, cfg, data, counts, "passes/reference") if ref_model is not None else None
+    ref_logp = record_logprobs(ref_model, cfg, data, mine, counts, "passes/reference") if ref_model is not None else None
     loss_fn = POLICY_LOSSES.get(cfg.algo.loss)
     loss_params = {}
     if cfg.algo.loss == "ppo_clip":
         loss_params = dict(clip_low=cfg.algo.clip_low, clip_high=cfg.algo.clip_high, dual_clip=cfg.algo.dual_clip)
 
-    n_groups = len(data.prompts)
-    sums: Counter = Counter()  # token-weighted sums for the step's metrics
+    # token-weighted sums for the step's metrics; every key present on every process
+    sums: Counter = Counter(dict.fromkeys(("loss", "tokens", "entropy", "clipped", "logprob_gap", "kl"), 0.0))
     grad_norms: list[float] = []
+    gap_max = 0.0
     skipped = 0
     for _ in range(cfg.algo.ppo_epochs):
         order = torch.randperm(n_groups, generator=generator).tolist() if cfg.off_policy else list(range(n_groups))
@@ -152,11 +165,13 @@ def policy_update(
         for start in range(0, n_groups, size):
             mini = order[start : start + size]
             rows_all = _rows(data, mini)
-            # Normalisers of the whole mini-batch, so micro-batching leaves the gradient unchanged.
+            # Normalisers of the whole mini-batch (all processes), so neither micro-batching nor the
+            # number of processes changes the gradient.
             n_tokens = float(data.mask[rows_all].sum())
             n_seqs = float(len(rows_all))
             optimizer.zero_grad(set_to_none=True)
-            for mb in micro_batches(data, mini, cfg.train.micro_batch_tokens):
+            local = [g for g in mini if g in set(mine)]
+            for mb in micro_batches(data, local, cfg.train.micro_batch_tokens):
                 rows, width, logp, ent = _forward(model, cfg, data, mb, entropy_grad=cfg.algo.entropy_coef > 0)
                 counts["passes/train_forward"] += 1
                 if measure_shift and old_logp is None:
@@ -179,7 +194,8 @@ def policy_update(
                 sums["clipped"] += float((clipped.float() * mask).sum())
                 gap = (logp.detach() - data.sampler_logp[rows, :width]).abs() * mask
                 sums["logprob_gap"] += float(gap.sum())
-                sums["logprob_gap_max"] = max(sums["logprob_gap_max"], float(gap.max()))
+                gap_max = max(gap_max, float(gap.max()))
+            dist.sum_gradients(model)
             norm = _grad_norm(model, cfg.optim.grad_clip)
             grad_norms.append(norm)
             if math.isfinite(norm):
@@ -187,6 +203,14 @@ def policy_update(
             else:  # a NaN/inf gradient must not reach the weights
                 skipped += 1
             optimizer.zero_grad(set_to_none=True)
+    if measure_shift:
+        after_logp = record_logprobs(model, cfg, data, mine, counts, "passes/policy_shift")
+        # Samples come from pi_before: KL(before || after), Schulman 2020. Rows of other processes
+        # are zero in both log-prob tensors and add nothing.
+        for name in ("k1", "k3"):
+            sums[f"policy_shift/{name}"] = float((KL_ESTIMATORS.get(name)(before_logp, after_logp) * data.mask).sum())
+    sums = Counter(dist.reduce({**sums, **counts}))  # every process's share of the batch
+    gap_max = dist.reduce({"gap": gap_max}, op="max")["gap"]
     tokens = max(sums["tokens"], 1.0)
     updates = cfg.algo.ppo_epochs * cfg.algo.mini_batches
     metrics = {
@@ -194,20 +218,18 @@ def policy_update(
         "entropy": sums["entropy"] / tokens,
         "clip_frac": sums["clipped"] / tokens,
         "logprob_gap/mean_abs": sums["logprob_gap"] / tokens,
-        "logprob_gap/max_abs": sums["logprob_gap_max"],
+        "logprob_gap/max_abs": gap_max,
         "grad_norm": sum(grad_norms) / len(grad_norms),
         "optimizer_steps": float(updates - skipped),
         "skipped_steps": float(skipped),
-        "micro_batches": float(counts["passes/train_forward"]) / updates,
+        "micro_batches": sums["passes/train_forward"] / updates,
+        **{k: sums[k] for k in counts},
     }
     if ref_logp is not None:
         metrics["kl_ref"] = sums["kl"] / tokens
     if measure_shift:
-        after_logp = record_logprobs(model, cfg, data, counts, "passes/policy_shift")
-        for name in ("k1", "k3"):  # samples come from pi_before: KL(before || after), Schulman 2020
-            kl = KL_ESTIMATORS.get(name)(before_logp, after_logp) * data.mask
-            metrics[f"policy_shift/{name}"] = float(kl.sum()) / max(float(data.mask.sum()), 1.0)
-    metrics.update({k: float(v) for k, v in counts.items()})
+        for name in ("k1", "k3"):
+            metrics[f"policy_shift/{name}"] = sums[f"policy_shift/{name}"] / max(float(data.mask.sum()), 1.0)
     return metrics
 
 

@@ -1,0 +1,159 @@
+"""Data parallelism on torch.distributed: which prompts a process samples, and what it shares.
+
+Launched by ``torchrun`` (which sets ``RANK``/``WORLD_SIZE``), every process holds the whole
+policy and samples its own contiguous share of each step's prompts, so the K completions of a
+prompt (its group) always stay on one process. The processes then exchange their rollouts and
+rewards (lists of token ids and floats, a few KB), so every process holds the *global* batch:
+advantages, the token-mean normaliser and the step's metrics are computed on it exactly as a
+single process would, for group baselines (opo, grpo, rloo) and batch-level ones (opo_batch,
+reinforce_pp*) alike. Each process runs forward and backward only on its own groups; the
+gradients are summed across processes (one all-reduce per optimizer step), which gives exactly
+the full-batch gradient because every process divides by the global normaliser.
+
+Why not ``DistributedDataParallel``: opo runs the decoder and the output layer separately (shared
+prompt prefix, chunked log-softmax), which DDP's forward wrapper does not see; and with gradient
+accumulation DDP also all-reduces once per optimizer step. The single all-reduce here does the
+same communication without the wrapper.
+
+With one process (no ``torchrun``), every function here is a no-op and no process group exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job: ``rank`` of ``world`` processes."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 logs, evaluates and writes checkpoints."""
+        return self.rank == 0
+
+    def share(self, n: int) -> range:
+        """This rank's contiguous share of ``n`` items (sizes differ by at most one, rank order)."""
+        base, extra = divmod(n, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return range(start, start + base + (self.rank < extra))
+
+    def gather(self, items: list[T]) -> list[T]:
+        """Every rank's ``items`` (picklable), concatenated in rank order, on every rank."""
+        if self.world == 1:
+            return items
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, items)
+        return [x for part in out for x in part]
+
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's ``obj`` on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def reduce(self, values: dict[str, float], op: str = "sum") -> dict[str, float]:
+        """Element-wise ``sum`` or ``max`` over ranks of a dict of floats with the same keys on every rank."""
+        if self.world == 1 or not values:
+            return values
+        keys = sorted(values)
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return dict(zip(keys, t.tolist()))
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on some rank."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def sum_gradients(self, model: torch.nn.Module, bucket_bytes: int = 64 << 20) -> None:
+        """All-reduce (sum) every parameter's gradient; a parameter without one contributes zeros.
+
+        Gradients travel in flat fp32 buckets of about ``bucket_bytes``: few collective calls
+        without a second full copy of the gradients.
+        """
+        if self.world == 1:
+            return
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:  # a rank whose groups never reached a parameter still takes part
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        bucket: list[torch.Tensor] = []
+        size = 0
+        for p in params:
+            bucket.append(p.grad)
+            size += p.grad.numel() * p.grad.element_size()
+            if size >= bucket_bytes:
+                _all_reduce_flat(bucket)
+                bucket, size = [], 0
+        if bucket:
+            _all_reduce_flat(bucket)
+
+    def broadcast_parameters(self, model: torch.nn.Module) -> None:
+        """Make every rank's weights rank 0's (they load the same files; this guarantees it)."""
+        if self.world == 1:
+            return
+        with torch.no_grad():
+            for t in [*model.parameters(), *model.buffers()]:
+                dist.broadcast(t.data, src=0)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def _all_reduce_flat(tensors: list[torch.Tensor]) -> None:
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def setup(timeout_s: float = 1800.0) -> Dist:
+    """Join the job ``torchrun`` started (gloo: opo trains on CPU), or a single process without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
+    return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def teardown(d: Dist) -> None:
+    if d.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def local_world_size() -> int:
+    """Processes of this job on this machine (``torchrun`` sets ``LOCAL_WORLD_SIZE``)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def sampling_seed(seed: int, step: int, rank: int) -> int:
+    """The sampler's seed for one step on one rank.
+
+    Seeding every step from (seed, step, rank) instead of carrying one stream through the run
+    makes a resumed run draw the same samples without saved sampler state, on any number of
+    processes.
+    """
+    digest = hashlib.sha256(f"opo-sampler/{seed}/{step}/{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
