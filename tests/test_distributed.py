@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from opo.models import load_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dist_step.py"
-TINY = ["model.path=tiny", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=3", "rollout.max_new_tokens=6",
+REWARD = Path(__file__).parent / "fixtures" / "rewards.py"
+TINY = [f"task.reward_fn={REWARD}:varied", "model.path=tiny", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=3", "rollout.max_new_tokens=6",
         "task.eval_size=6", "train.eval_max_new_tokens=6", "train.progress=false", "train.deterministic=true",
         "train.eval_before=false", "optim.lr=1e-3", "train.micro_batch_tokens=64", "checkpoint.keep=5"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -38,13 +39,13 @@ def test_two_processes_take_the_same_step_as_one(tmp_path):
     subprocess.run(torchrun(2, str(FIXTURE), str(tmp_path / "two.pt")), check=True, env=ENV, timeout=300)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     start = {n: p.detach() for n, p in load_model("tiny", seed=0)[0].named_parameters()}
-    for case in ("opo", "grpo", "opo_batch", "grpo_offpolicy"):
+    for case in ("opo", "grpo", "opo_batch", "grpo_offpolicy", "opo_fsdp", "grpo_offpolicy_fsdp"):
         a, b = one[case], two[case]
         moved = max(float((a["params"][n] - start[n]).abs().max()) for n in start)
         diff = max(float((a["params"][n] - b["params"][n]).abs().max()) for n in start)
         assert moved > 1e-3, case  # the step did something worth comparing
         assert diff < 1e-6, (case, diff)
-        assert a["metrics"]["micro_batches"] > 2  # micro-batching was on, on each process
+        assert a["metrics"]["passes/train_forward"] >= 5  # one group per micro-batch: 3 and 2 per process
         for key in ("loss", "grad_norm", "entropy", "policy_shift/k3", "logprob_gap/max_abs"):
             assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=1e-5, abs=1e-9), (case, key)
 
@@ -63,24 +64,48 @@ def test_two_process_run_resumes_on_two_and_on_one_process(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "x 2 processes" in done.stdout and done.stdout.count("step    1") == 1  # rank 0 alone prints
     rows = [r for r in _rows(full) if "reward/mean" in r]
-    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["grad_norm"] > 0 for r in rows)
     assert sum(1 for line in (full / "samples.jsonl").open() if json.loads(line)["step"] == 1) == 4 * 3  # global
     final = _rows(full)[-1]  # the held-out evaluation, each process grading its share of the problems
     assert final["step"] == 3 and final["eval/n"] == 6 and 0 <= final["eval/accuracy"] <= 1
+    step2, step3 = (_weights(full / "checkpoints" / f"step_000000{i}") for i in (2, 3))
+    assert not all(torch.equal(step2[k], step3[k]) for k in step3)  # the steps change the weights
 
-    # Resume the step-2 checkpoint on 2 processes: the same weights as the uninterrupted run.
     for nproc in (2, 1):
-        run = tmp_path / f"resume{nproc}"
-        (run / "checkpoints").mkdir(parents=True)
-        shutil.copytree(full / "checkpoints" / "step_0000002", run / "checkpoints" / "step_0000002")
+        run = _resume_dir(tmp_path / f"resume{nproc}", full / "checkpoints" / "step_0000002")
         res = opo_train(nproc, *TINY, "train.steps=3", "checkpoint.resume=true", f"train.run_dir={run}")
         assert res.returncode == 0, res.stderr[-3000:]
         assert "continuing from" in res.stdout and (run / "checkpoints" / "step_0000003").is_dir()
         assert [r["step"] for r in _rows(run) if "reward/mean" in r] == [3]
-        if nproc == 2:
-            resumed, uninterrupted = _weights(run / "checkpoints" / "step_0000003"), _weights(
-                full / "checkpoints" / "step_0000003")
-            assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+        if nproc == 2:  # the same processes, the same samples: the uninterrupted run's weights exactly
+            resumed = _weights(run / "checkpoints" / "step_0000003")
+            assert all(torch.equal(resumed[k], step3[k]) for k in step3)
+
+
+def test_fsdp_run_matches_the_replicated_run_and_resumes_on_one_process(tmp_path):
+    replicated, sharded = tmp_path / "replicated", tmp_path / "sharded"
+    for run, extra in ((replicated, []), (sharded, ["train.fsdp=true"])):
+        res = opo_train(2, *TINY, "train.steps=2", "checkpoint.every=1", f"train.run_dir={run}", *extra)
+        assert res.returncode == 0, res.stderr[-3000:]
+    # Step 1 starts from the same weights and samples the same tokens: FSDP's gathered checkpoint
+    # equals the replicated one to float tolerance.
+    a, b = (_weights(r / "checkpoints" / "step_0000001") for r in (replicated, sharded))
+    start = {n: p.detach() for n, p in load_model("tiny", seed=0)[0].named_parameters()}
+    assert max(float((a[k] - start[k]).abs().max()) for k in a) > 1e-4
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    # Its optimizer state is keyed by parameter name and whole, so one process without FSDP
+    # continues it, and so do two with FSDP.
+    for nproc, extra in ((1, []), (2, ["train.fsdp=true"])):
+        run = _resume_dir(tmp_path / f"resume{nproc}", sharded / "checkpoints" / "step_0000001")
+        res = opo_train(nproc, *TINY, "train.steps=2", "checkpoint.resume=true", f"train.run_dir={run}", *extra)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert [r["step"] for r in _rows(run) if "reward/mean" in r] == [2]
+
+
+def _resume_dir(run: Path, ckpt: Path) -> Path:
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copytree(ckpt, run / "checkpoints" / ckpt.name)
+    return run
 
 
 def test_killing_one_rank_stops_the_job_with_that_ranks_failure(tmp_path):

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,7 +74,10 @@ def test_sigkill_mid_run_resumes_from_the_last_complete_checkpoint(tmp_path):
     """SIGKILL at an arbitrary moment (checkpoints are written every step, so kills land in writes
     too); the resumed run logs each step once and matches an uninterrupted run."""
     killed, full = tmp_path / "killed", tmp_path / "full"
-    base = [sys.executable, "-m", "opo", "train", *TINY, "checkpoint.every=1", "train.steps=6"]
+    # a reward that varies, so every step moves the weights and matching them means something
+    varied = Path(__file__).parent / "fixtures" / "rewards.py"
+    base = [sys.executable, "-m", "opo", "train", *TINY, "checkpoint.every=1", "train.steps=6",
+            f"task.reward_fn={varied}:varied"]
     subprocess.run([*base, f"run_dir={full}"], check=True, capture_output=True, timeout=300)
     proc = subprocess.Popen([*base, f"run_dir={killed}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = killed / "metrics.jsonl"
@@ -87,6 +91,7 @@ def test_sigkill_mid_run_resumes_from_the_last_complete_checkpoint(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6, 6]
+    assert all(r["grad_norm"] > 0 for r in rows if "grad_norm" in r)
     wa = load_file(full / "checkpoints" / "step_0000006" / "model.safetensors")
     wb = load_file(killed / "checkpoints" / "step_0000006" / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

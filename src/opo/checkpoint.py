@@ -17,6 +17,11 @@ from typing import Any, Optional
 
 import torch
 import yaml
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 _NAME = re.compile(r"^step_(\d{7})$")
 STATE_FILE = "trainer_state.pt"
@@ -56,13 +61,15 @@ def save(
     state: dict[str, Any],
     config: dict[str, Any],
     keep: int,
+    weights: Optional[dict[str, torch.Tensor]] = None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically under ``ckpt_root`` and prune to the last ``keep``."""
+    """Write checkpoint ``step`` atomically under ``ckpt_root`` and prune to the last ``keep``;
+    ``weights``: the model's full state dict where its own is sharded."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:07d}.", dir=ckpt_root))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
         torch.save(state, tmp / STATE_FILE)
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -89,6 +96,17 @@ def complete_checkpoints(ckpt_root: Path) -> list[Path]:
 def latest(ckpt_root: Path) -> Optional[Path]:
     found = complete_checkpoints(ckpt_root)
     return found[-1] if found else None
+
+
+def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's full state keyed by parameter name, so it loads into any sharding or number
+    of processes (gathered from the shards under FSDP: every process must call this)."""
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a state written by :func:`optimizer_state` (each process keeps its own shard of it)."""
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
 
 
 def load_state(ckpt: Path) -> dict[str, Any]:

@@ -15,6 +15,11 @@ prompt prefix, chunked log-softmax), which DDP's forward wrapper does not see; a
 accumulation DDP also all-reduces once per optimizer step. The single all-reduce here does the
 same communication without the wrapper.
 
+With ``train.fsdp`` the weights, gradients and optimizer state are instead sharded with FSDP2
+(``fully_shard``): each decoder layer is one unit, and a :class:`Sharded` root holds the rest
+(embeddings, final norm, output layer). FSDP's collectives run inside every forward pass, so
+every process runs as many passes as the busiest one (:meth:`Dist.aligned`).
+
 With one process (no ``torchrun``), every function here is a no-op and no process group exists.
 """
 
@@ -22,12 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 T = TypeVar("T")
 
@@ -38,6 +45,7 @@ class Dist:
 
     rank: int = 0
     world: int = 1
+    fsdp: bool = False
 
     @property
     def main(self) -> bool:
@@ -83,13 +91,25 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def aligned(self, batches: list[T], spare: T) -> list[tuple[T, bool]]:
+        """``(batch, True)`` for each of ``batches``; under FSDP, then ``(spare, False)`` until this
+        process has as many passes as the busiest one (each pass's collectives must pair up across
+        processes; a ``False`` pass must add nothing). Agreeing on the count is itself a collective,
+        made here, before any pass."""
+        out = [(b, True) for b in batches]
+        if self.fsdp:
+            most = int(self.reduce({"n": float(len(batches))}, op="max")["n"])
+            out += [(spare, False)] * (most - len(batches))
+        return out
+
     def sum_gradients(self, model: torch.nn.Module, bucket_bytes: int = 64 << 20) -> None:
         """All-reduce (sum) every parameter's gradient; a parameter without one contributes zeros.
+        Under FSDP a no-op: its backward already reduce-scatters the gradients.
 
         Gradients travel in flat fp32 buckets of about ``bucket_bytes``: few collective calls
         without a second full copy of the gradients.
         """
-        if self.world == 1:
+        if self.world == 1 or self.fsdp:
             return
         params = [p for p in model.parameters() if p.requires_grad]
         for p in params:  # a rank whose groups never reached a parameter still takes part
@@ -118,6 +138,63 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
+    def shard(self, model: torch.nn.Module) -> torch.nn.Module:
+        """FSDP2 over all processes: each decoder layer is one unit, the rest of the weights belong to
+        the returned :class:`Sharded` root. Without ``fsdp``, ``model`` itself."""
+        if not self.fsdp:
+            return model
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        # opo never modifies the root's outputs in place, which is what this warning is about
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+        mesh = init_device_mesh("cpu", (self.world,))
+        root = Sharded(model)
+        for unit in [*model.get_decoder().layers, root]:
+            fully_shard(unit, mesh=mesh)
+            unit.set_gradient_divide_factor(1.0)  # sum: the loss is already divided by the global count
+            unit.set_force_sum_reduction_for_comms(True)  # gloo has no pre-multiplied sum
+        return root
+
+    def model_state(self, model: torch.nn.Module) -> Optional[dict[str, torch.Tensor]]:
+        """The full weights (gathered on rank 0 under FSDP, a collective call), or None when the
+        model's own ``state_dict`` is complete."""
+        if not self.fsdp:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+class Sharded(torch.nn.Module):
+    """The FSDP root around a policy: ``root(fn, *args)`` runs ``fn(policy, *args)`` inside the
+    root's forward, so FSDP gathers the weights outside the decoder layers (and reduce-scatters
+    their gradients) although opo calls the decoder and the output layer separately."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(self.model, *args, **kwargs)
+
+
+def run(model: torch.nn.Module, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(model, *args, **kwargs)``, through the FSDP root when ``model`` is one."""
+    if isinstance(model, Sharded):
+        return model(fn, *args, **kwargs)
+    return fn(model, *args, **kwargs)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The policy inside an FSDP root (or ``model`` itself)."""
+    return model.model if isinstance(model, Sharded) else model
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole of a possibly sharded tensor (gathering it is a collective call)."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
 
 def _all_reduce_flat(tensors: list[torch.Tensor]) -> None:
     flat = torch.cat([t.reshape(-1) for t in tensors])
@@ -128,14 +205,15 @@ def _all_reduce_flat(tensors: list[torch.Tensor]) -> None:
         offset += t.numel()
 
 
-def setup(timeout_s: float = 1800.0) -> Dist:
-    """Join the job ``torchrun`` started (gloo: opo trains on CPU), or a single process without it."""
+def setup(fsdp: bool = False, timeout_s: float = 1800.0) -> Dist:
+    """Join the job ``torchrun`` started (gloo: opo trains on CPU), or a single process without it;
+    ``fsdp``: shard weights, gradients and optimizer state (with more than one process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
-    return Dist(dist.get_rank(), dist.get_world_size())
+    return Dist(dist.get_rank(), dist.get_world_size(), fsdp)
 
 
 def teardown(d: Dist) -> None:

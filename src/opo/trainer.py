@@ -72,7 +72,7 @@ def train(cfg: Config) -> dict[str, Any]:
     Under ``torchrun`` every process runs this same loop on its share of each step's prompts
     (see :mod:`opo.distributed`); rank 0 alone logs, evaluates and writes checkpoints.
     """
-    d = setup_distributed()
+    d = setup_distributed(cfg.train.fsdp)
     try:
         return _train(cfg, d)
     finally:
@@ -98,6 +98,9 @@ def _train(cfg: Config, d: Dist) -> dict[str, Any]:
     m = cfg.model
     model, tok = load_model(str(resume_from) if resume_from else m.path, m.trust_remote_code, cfg.train.seed, m.attention)
     d.broadcast_parameters(model)
+    # the sampler's weights are a full copy when the policy's are sharded, so build it first
+    engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, cfg.rollout.precision, separate=d.fsdp)
+    policy = d.shard(model)  # the model itself, or its FSDP root
     ref_model = None
     if cfg.algo.kl_coef > 0:  # the reference is the initial policy, also after a resume
         ref_model = load_model(m.path, m.trust_remote_code, cfg.train.seed, m.attention)[0].requires_grad_(False)
@@ -105,7 +108,6 @@ def _train(cfg: Config, d: Dist) -> dict[str, Any]:
     task = build_task(cfg.task)
     # one check for both uses of a prompt: training rollouts and held-out evaluation
     limit_prompt_length(task, tok, model, max(cfg.rollout.max_new_tokens, cfg.train.eval_max_new_tokens))
-    engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, cfg.rollout.precision)
     optimizer = build_optimizer(model, cfg)
     warmup = cfg.optim.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
@@ -114,7 +116,7 @@ def _train(cfg: Config, d: Dist) -> dict[str, Any]:
     start_step, data_pos, summary = 0, 0, {}
     if resume_from is not None:
         state = checkpoint.load_state(resume_from)
-        optimizer.load_state_dict(state["optimizer"])
+        checkpoint.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
         shuffle.set_state(state["shuffle"])
@@ -162,7 +164,7 @@ def _train(cfg: Config, d: Dist) -> dict[str, Any]:
     with StopOnSignal() as stop:  # SIGTERM/SIGINT: finish the step, checkpoint, exit cleanly
         for step in bar:
             shift = bool(cfg.train.shift_every) and (step + 1) % cfg.train.shift_every == 0
-            row, samples = rl_step(cfg, model, tok, engine, task, optimizer, ref_model, shuffle, data_pos, step,
+            row, samples = rl_step(cfg, policy, tok, engine, task, optimizer, ref_model, shuffle, data_pos, step,
                                    shift, d)
             scheduler.step()
             data_pos += P
@@ -189,13 +191,16 @@ def _train(cfg: Config, d: Dist) -> dict[str, Any]:
             stopping = d.any(stop.requested is not None)  # a signal to any process stops all after this step
             every = cfg.checkpoint.every
             if (every and (step + 1) % every == 0) or step + 1 == cfg.train.steps or stopping:
+                weights = d.model_state(model)  # gathered from the shards under FSDP (every process takes part)
+                optimizer_state = checkpoint.optimizer_state(model, optimizer)
                 if d.main:
                     state = {
-                        "step": step + 1, "data_pos": data_pos, "optimizer": optimizer.state_dict(),
+                        "step": step + 1, "data_pos": data_pos, "optimizer": optimizer_state,
                         "scheduler": scheduler.state_dict(), "rng": checkpoint.rng_state(),
                         "shuffle": shuffle.get_state(), "summary": json.dumps(summary),
                     }
-                    checkpoint.save(ckpt_root, step + 1, model, tok, state, cfg.to_dict(), cfg.checkpoint.keep)
+                    checkpoint.save(ckpt_root, step + 1, model, tok, state, cfg.to_dict(), cfg.checkpoint.keep,
+                                    weights)
                 d.barrier()  # no process moves on (or exits) before the checkpoint is complete
             if stopping:
                 summary["stopped"] = stop.requested or "SIGTERM"

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 from opo.algos.advantages import ADVANTAGES
 from opo.algos.losses import KL_ESTIMATORS, POLICY_LOSSES, aggregate
 from opo.config import Config
-from opo.distributed import Dist
+from opo.distributed import Dist, full_tensor, run
 from opo.logprobs import PromptBatch, completion_logprobs
 from opo.rollout.base import RolloutBatch
 
@@ -99,8 +99,8 @@ def _forward(model: PreTrainedModel, cfg: Config, data: StepData, groups: list[i
     batch, rows, local = _select(data, groups)
     width = int(data.mask[rows].sum(-1).max())  # trim padding shared by the whole micro-batch
     with autocast_context(cfg.model.precision):
-        logp, ent = completion_logprobs(
-            model, batch, data.completions[rows, :width], data.mask[rows, :width], local,
+        logp, ent = run(
+            model, completion_logprobs, batch, data.completions[rows, :width], data.mask[rows, :width], local,
             temperature=cfg.rollout.temperature, fp32_head=cfg.model.fp32_head, with_entropy_grad=entropy_grad,
         )
     return rows, width, logp, ent  # logp, ent: (n, width)
@@ -108,16 +108,18 @@ def _forward(model: PreTrainedModel, cfg: Config, data: StepData, groups: list[i
 
 @torch.no_grad()
 def record_logprobs(
-    model: PreTrainedModel, cfg: Config, data: StepData, groups: list[int], counts: Counter, key: str
+    model: PreTrainedModel, cfg: Config, data: StepData, groups: list[int], counts: Counter, key: str,
+    dist: Dist = Dist(),
 ) -> torch.Tensor:
     """Log-probs ``(N, T)`` of ``groups``' completions under ``model``, without gradient (old or
-    reference policy); zero on the other rows."""
+    reference policy); zero on the other rows. ``dist``: the job ``model`` is sharded over, if any."""
     out = torch.zeros_like(data.mask)
     counts[key] += 0  # the same keys on every process, also one without groups here
-    for mb in micro_batches(data, groups, cfg.train.micro_batch_tokens):
+    for mb, real in dist.aligned(micro_batches(data, groups, cfg.train.micro_batch_tokens), groups[:1]):
         rows, width, logp, _ = _forward(model, cfg, data, mb)
-        out[rows, :width] = logp
-        counts[key] += 1
+        if real:
+            out[rows, :width] = logp
+            counts[key] += 1
     return out
 
 
@@ -145,7 +147,7 @@ def policy_update(
     counts: Counter = Counter({"passes/train_forward": 0})
     n_groups = len(data.prompts)
     mine = list(dist.share(n_groups))
-    old_logp = record_logprobs(model, cfg, data, mine, counts, "passes/old_logprob") if cfg.off_policy else None
+    old_logp = record_logprobs(model, cfg, data, mine, counts, "passes/old_logprob", dist) if cfg.off_policy else None
     # pi_before's log-probs: recorded off-policy; on-policy the training forward gives them for free
     before_logp = torch.zeros_like(data.mask) if measure_shift and old_logp is None else old_logp
     ref_logp = record_logprobs(ref_model, cfg, data, mine, counts, "passes/reference") if ref_model is not None else None
@@ -171,8 +173,11 @@ def policy_update(
             n_seqs = float(len(rows_all))
             optimizer.zero_grad(set_to_none=True)
             local = [g for g in mini if g in set(mine)]
-            for mb in micro_batches(data, local, cfg.train.micro_batch_tokens):
+            for mb, real in dist.aligned(micro_batches(data, local, cfg.train.micro_batch_tokens), mine[:1]):
                 rows, width, logp, ent = _forward(model, cfg, data, mb, entropy_grad=cfg.algo.entropy_coef > 0)
+                if not real:  # a pass that only keeps FSDP's collectives paired: a zero gradient
+                    (logp.sum() * 0.0).backward()
+                    continue
                 counts["passes/train_forward"] += 1
                 if measure_shift and old_logp is None:
                     before_logp[rows, :width] = logp.detach()  # (n, width)
@@ -204,7 +209,7 @@ def policy_update(
                 skipped += 1
             optimizer.zero_grad(set_to_none=True)
     if measure_shift:
-        after_logp = record_logprobs(model, cfg, data, mine, counts, "passes/policy_shift")
+        after_logp = record_logprobs(model, cfg, data, mine, counts, "passes/policy_shift", dist)
         # Samples come from pi_before: KL(before || after), Schulman 2020. Rows of other processes
         # are zero in both log-prob tensors and add nothing.
         for name in ("k1", "k3"):
@@ -234,7 +239,8 @@ def policy_update(
 
 
 def _grad_norm(model: PreTrainedModel, clip: float) -> float:
+    """The gradient's global norm (over all shards), after clipping it to ``clip`` (0: no clipping)."""
     params = [p for p in model.parameters() if p.grad is not None]
     if clip > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, clip))
-    return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+        return float(full_tensor(torch.nn.utils.clip_grad_norm_(params, clip)))
+    return float(full_tensor(torch.nn.utils.get_total_norm([p.grad for p in params])))

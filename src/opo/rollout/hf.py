@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from opo.distributed import full_tensor
 from opo.logprobs import PromptBatch, prefill
 from opo.rollout.base import Rollout, RolloutBatch
 
@@ -24,7 +25,9 @@ class HFEngine:
     With ``precision="bf16"`` it samples from a bf16 copy of the policy (the numerics of the
     trainer's bf16 autocast, without re-casting every weight at every decoding step);
     :meth:`sync_weights` refreshes the copy and must follow every optimizer step. With ``"fp32"``
-    it samples from the policy itself.
+    it samples from the policy itself, unless ``separate``: then from a full fp32 copy, as a
+    policy whose weights will be sharded across processes (FSDP) needs; build the engine before
+    sharding.
     """
 
     def __init__(
@@ -35,9 +38,17 @@ class HFEngine:
         precision: str = "fp32",
         top_p: float = 1.0,
         seed: int = 0,
+        separate: bool = False,
     ) -> None:
         self.policy = model
-        self.model = copy.deepcopy(model).to(torch.bfloat16).requires_grad_(False) if precision == "bf16" else model
+        self.model = model
+        if precision == "bf16" or separate:
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            self.model = copy.deepcopy(model).to(dtype).requires_grad_(False)
+        # Logits come from an fp32 output layer, as the trainer's fp32 head: the policy's own, or a
+        # copy when the policy's will be sharded.
+        head = model.get_output_embeddings()
+        self.head = copy.deepcopy(head).float().requires_grad_(False) if separate else head
         self.stop_ids = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
         self.pad_id = pad_id
         self.top_p = top_p
@@ -45,14 +56,18 @@ class HFEngine:
 
     @torch.no_grad()
     def sync_weights(self) -> None:
-        """Copy the policy's current weights into the sampling copy (a no-op in fp32)."""
+        """Copy the policy's current weights into the sampling copy (a no-op when sampling from the
+        policy). Sharded weights are gathered, a collective call: every process must make it."""
         if self.model is not self.policy:
             for dst, src in zip(self.model.parameters(), self.policy.parameters()):
-                dst.copy_(src)
+                dst.copy_(full_tensor(src))
+        policy_head = self.policy.get_output_embeddings()
+        if self.head is not policy_head:
+            for dst, src in zip(self.head.parameters(), policy_head.parameters()):
+                dst.copy_(full_tensor(src))
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        # The policy's own fp32 output layer, as the trainer's fp32 head: no per-step weight cast.
-        head = self.policy.get_output_embeddings()
+        head = self.head
         with torch.autocast(device_type="cpu", enabled=False):
             return F.linear(hidden.to(head.weight.dtype), head.weight, head.bias)  # (A, V)
 
