@@ -63,7 +63,8 @@ def configure_compute(cfg: Config, d: Dist = Dist()) -> str:
     threads = pick_threads(threads)
     cfg.train.threads = threads
     return (f"compute: {cfg.model.precision} training, {cfg.rollout.precision} sampling, "
-            f"{threads} thread{'s' if threads > 1 else ''}" + (f" x {d.world} processes" if d.world > 1 else ""))
+            f"{threads} thread{'s' if threads > 1 else ''}" + (f" x {d.world} processes" if d.world > 1 else "")
+            + (", FSDP" if d.fsdp else " (train.fsdp: one process, nothing to shard)" if cfg.train.fsdp else ""))
 
 
 def train(cfg: Config) -> dict[str, Any]:
