@@ -186,11 +186,6 @@ def run(model: torch.nn.Module, fn: Callable[..., T], *args: Any, **kwargs: Any)
     return fn(model, *args, **kwargs)
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The policy inside an FSDP root (or ``model`` itself)."""
-    return model.model if isinstance(model, Sharded) else model
-
-
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """The whole of a possibly sharded tensor (gathering it is a collective call)."""
     return t.full_tensor() if isinstance(t, DTensor) else t

@@ -192,8 +192,9 @@ def _train(cfg: Config, d: Dist) -> dict[str, Any]:
             stopping = d.any(stop.requested is not None)  # a signal to any process stops all after this step
             every = cfg.checkpoint.every
             if (every and (step + 1) % every == 0) or step + 1 == cfg.train.steps or stopping:
-                weights = d.model_state(model)  # gathered from the shards under FSDP (every process takes part)
-                optimizer_state = checkpoint.optimizer_state(model, optimizer)
+                # gathered from the shards under FSDP, where every process takes part; else rank 0's own
+                weights = d.model_state(model)
+                optimizer_state = checkpoint.optimizer_state(model, optimizer) if d.main or d.fsdp else None
                 if d.main:
                     state = {
                         "step": step + 1, "data_pos": data_pos, "optimizer": optimizer_state,

@@ -147,6 +147,7 @@ def policy_update(
     counts: Counter = Counter({"passes/train_forward": 0})
     n_groups = len(data.prompts)
     mine = list(dist.share(n_groups))
+    own = set(mine)
     old_logp = record_logprobs(model, cfg, data, mine, counts, "passes/old_logprob", dist) if cfg.off_policy else None
     # pi_before's log-probs: recorded off-policy; on-policy the training forward gives them for free
     before_logp = torch.zeros_like(data.mask) if measure_shift and old_logp is None else old_logp
@@ -172,7 +173,7 @@ def policy_update(
             n_tokens = float(data.mask[rows_all].sum())
             n_seqs = float(len(rows_all))
             optimizer.zero_grad(set_to_none=True)
-            local = [g for g in mini if g in set(mine)]
+            local = [g for g in mini if g in own]
             for mb, real in dist.aligned(micro_batches(data, local, cfg.train.micro_batch_tokens), mine[:1]):
                 rows, width, logp, ent = _forward(model, cfg, data, mb, entropy_grad=cfg.algo.entropy_coef > 0)
                 if not real:  # a pass that only keeps FSDP's collectives paired: a zero gradient
@@ -239,7 +240,7 @@ def policy_update(
 
 
 def _grad_norm(model: PreTrainedModel, clip: float) -> float:
-    """The gradient's global norm (over all shards), after clipping it to ``clip`` (0: no clipping)."""
+    """The gradient's global norm (over all shards) before clipping; clips it to ``clip`` if ``clip > 0``."""
     params = [p for p in model.parameters() if p.grad is not None]
     if clip > 0:
         return float(full_tensor(torch.nn.utils.clip_grad_norm_(params, clip)))
