@@ -48,6 +48,13 @@ def test_two_processes_take_the_same_step_as_one(tmp_path):
         assert a["metrics"]["passes/train_forward"] >= 5  # one group per micro-batch: 3 and 2 per process
         for key in ("loss", "grad_norm", "entropy", "policy_shift/k3", "logprob_gap/max_abs"):
             assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=1e-5, abs=1e-9), (case, key)
+    # Evaluation: the processes' shares are gathered into the whole result. Greedy completions
+    # equal one process's; sampled ones come from each process's own stream, so only their count.
+    e1, e2 = one["eval"], two["eval"]
+    greedy = [x for x in e1["samples"] if x[1] == "greedy"]
+    assert len(greedy) == 7 and sorted(x for x in e2["samples"] if x[1] == "greedy") == sorted(greedy)
+    assert len(e2["samples"]) == len(e1["samples"]) == 7 * 3
+    assert e2["metrics"]["eval/n"] == 7 and e2["metrics"]["eval/samples_per_problem"] == 2
 
 
 def _rows(run: Path) -> list[dict]:
@@ -66,7 +73,7 @@ def test_two_process_run_resumes_on_two_and_on_one_process(tmp_path):
     rows = [r for r in _rows(full) if "reward/mean" in r]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(r["grad_norm"] > 0 for r in rows)
     assert sum(1 for line in (full / "samples.jsonl").open() if json.loads(line)["step"] == 1) == 4 * 3  # global
-    final = _rows(full)[-1]  # the held-out evaluation, each process grading its share of the problems
+    final = _rows(full)[-1]  # the held-out evaluation after training (its gathering: the test above)
     assert final["step"] == 3 and final["eval/n"] == 6 and 0 <= final["eval/accuracy"] <= 1
     step2, step3 = (_weights(full / "checkpoints" / f"step_000000{i}") for i in (2, 3))
     assert not all(torch.equal(step2[k], step3[k]) for k in step3)  # the steps change the weights
