@@ -73,7 +73,7 @@ def opo_config(prompts: int, samples: int, tokens: int, overrides: tuple[str, ..
 def worker_opo(prompts: int, samples: int, tokens: int, steps: int, start: int, threads: int) -> dict:
     import torch
 
-    from opo.models import load_model
+    from opo.models import load_model, stop_token_ids
     from opo.rollout.hf import HFEngine
     from opo.runtime import reuse_large_allocations
     from opo.tasks import build_task
@@ -85,7 +85,7 @@ def worker_opo(prompts: int, samples: int, tokens: int, steps: int, start: int, 
     torch.manual_seed(0)
     model, tok = load_model("embedded", attention=cfg.model.attention)
     task = build_task(cfg.task)
-    engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, cfg.rollout.precision, seed=0)
+    engine = HFEngine(model, stop_token_ids(model, tok), tok.pad_token_id, cfg.rollout.precision, seed=0)
     optimizer = build_optimizer(model, cfg)
     shuffle = torch.Generator().manual_seed(1)
     n_params = sum(p.numel() for p in model.parameters())
@@ -158,7 +158,7 @@ def worker_generate(prompts: int, samples: int, tokens: int, steps: int, start: 
     from transformers import AutoModelForCausalLM
 
     from opo.evaluate import encode
-    from opo.models import embedded_model_dir, load_model
+    from opo.models import embedded_model_dir, load_model, stop_token_ids
     from opo.rollout.hf import HFEngine
     from opo.runtime import native_bf16, reuse_large_allocations
     from opo.tasks import build_task
@@ -171,7 +171,7 @@ def worker_generate(prompts: int, samples: int, tokens: int, steps: int, start: 
     task = build_task(cfg.task)
     ids = encode(tok, [task.train_example(start + i) for i in range(prompts)])
     precisions = ("fp32", "bf16") if native_bf16() else ("fp32",)  # emulated bf16 is ~300x slower: not a contender
-    engines = {p: HFEngine(model, [tok.eos_token_id], tok.pad_token_id, p, seed=0) for p in precisions}
+    engines = {p: HFEngine(model, stop_token_ids(model, tok), tok.pad_token_id, p, seed=0) for p in precisions}
     tok.padding_side = "left"
     enc = tok.pad({"input_ids": ids}, return_tensors="pt")
     out: dict[str, list[float]] = {f"opo_{p}": [] for p in precisions} | {"generate_fp32": []}

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_step import SIZES, opo_config  # noqa: E402
 
 from opo import trainer  # noqa: E402
-from opo.models import load_model  # noqa: E402
+from opo.models import load_model, stop_token_ids  # noqa: E402
 from opo.rollout.hf import HFEngine  # noqa: E402
 from opo.runtime import reuse_large_allocations  # noqa: E402
 from opo.tasks import build_task  # noqa: E402
@@ -37,7 +37,7 @@ def main() -> None:
     torch.manual_seed(0)
     model, tok = load_model("embedded", attention=cfg.model.attention)
     task = build_task(cfg.task)
-    engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, cfg.rollout.precision, seed=0)
+    engine = HFEngine(model, stop_token_ids(model, tok), tok.pad_token_id, cfg.rollout.precision, seed=0)
     optimizer = trainer.build_optimizer(model, cfg)
     shuffle = torch.Generator().manual_seed(1)
     P = cfg.rollout.prompts_per_step

@@ -1,4 +1,5 @@
 import dataclasses
+import warnings
 
 import pytest
 import yaml
@@ -123,3 +124,12 @@ def test_config_files_only_raise_config_errors(tmp_path_factory, data, loader):
         loader(str(path))
     except ConfigError:
         pass
+
+
+def test_opo_with_per_sequence_token_mean_warns_that_the_baseline_is_not_optimal():
+    with pytest.warns(UserWarning, match="no longer the optimal one"):
+        load_config(None, ["algo.aggregation=seq-mean-token-mean"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(None, ["algo.aggregation=seq-mean-token-sum"])
+        load_config(None, ["algo.advantage=grpo", "algo.aggregation=seq-mean-token-mean"])

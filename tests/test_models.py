@@ -47,3 +47,20 @@ def test_repository_code_runs_only_when_allowed(saved_tiny):
     with pytest.raises(ValueError, match="trust_remote_code"):
         load_model(str(d))
     assert not marker.exists()
+
+
+def test_generation_stops_on_every_eos_id_the_model_declares(tiny):
+    import copy
+
+    from opo.models import stop_token_ids
+    from opo.rollout.hf import HFEngine
+
+    model, tok = copy.deepcopy(tiny[0]), tiny[1]  # the fixture is shared: change a copy
+    first = HFEngine(model, [tok.eos_token_id], tok.pad_token_id).generate([[1, 5]], [0], 1, 4, 0.0).rollouts[0]
+    assert first.finish == "length" and first.completion[0] != tok.eos_token_id
+    # an instruct model's generation config lists a second end token, e.g. <|im_end|> and <|endoftext|>
+    model.generation_config.eos_token_id = [tok.eos_token_id, first.completion[0]]
+    stops = stop_token_ids(model, tok)
+    assert set(stops) == {tok.eos_token_id, first.completion[0]}
+    again = HFEngine(model, stops, tok.pad_token_id).generate([[1, 5]], [0], 1, 4, 0.0).rollouts[0]
+    assert again.completion == first.completion[:1] and again.finish == "stop"

@@ -116,3 +116,24 @@ def test_a_failing_reward_is_counted_and_the_run_finishes(rewards, tmp_path):
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 12 and {(s["status"], s["reward"]) for s in samples} == {("error", 0.25)}
     assert rows[-1]["eval/grader_errors"] == 2  # held-out evaluation is graded by the same function
+
+
+@pytest.mark.parametrize("setting, expected", [("grade", 0.5), ("zero", 0.0), ("-0.25", -0.25)])
+def test_truncated_completions_get_the_configured_reward(rewards, tmp_path, setting, expected):
+    # a random tiny model almost never samples its end token within 3 tokens: every completion is cut off
+    cfg = load_config(None, ["model.path=tiny", f"task.reward_fn={rewards}:by_text", "rollout.max_new_tokens=3",
+                             f"rollout.truncated_reward={setting}", "rollout.prompts_per_step=2",
+                             "rollout.samples_per_prompt=2", "train.steps=1", "train.eval_before=false",
+                             "task.eval_size=2", "train.progress=false", f"train.run_dir={tmp_path / 'run'}"])
+    train(cfg)
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert all(s["finish"] == "length" and s["reward"] == expected for s in samples)
+    assert row["length/truncated"] == 1.0 and row["reward/mean"] == expected
+
+
+def test_truncated_reward_defaults_to_zero_for_math_and_grading_for_reasoning_gym():
+    assert load_config(None, ["task.name=gsm8k"]).truncated_reward() == 0.0
+    assert load_config(None, []).truncated_reward() is None
+    with pytest.raises(ConfigError, match="rollout.truncated_reward"):
+        load_config(None, ["rollout.truncated_reward=half"])

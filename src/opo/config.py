@@ -11,6 +11,7 @@ import dataclasses
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -69,6 +70,7 @@ class RolloutConfig:
     samples_per_prompt: int = doc(8, "completions sampled per prompt (K, the group size)")
     max_new_tokens: int = doc(24, "completion length limit; longer completions finish with reason 'length'")
     temperature: float = doc(1.0, "sampling temperature; the trainer scores the same tempered distribution")
+    truncated_reward: Optional[str] = doc(None, "reward of a completion cut off at max_new_tokens: 'grade' (graded like a finished one), 'zero', or a number; null: 'zero' for math tasks (gsm8k, math500, jsonl: a cut-off chain of thought has no final answer, and the last-number fallback would reward lucky fragments) and 'grade' for reasoning_gym (its prompts ask for the answer first)")
     precision: str = doc("auto", "sampling: 'bf16' (a bf16 copy of the policy's body, refreshed after every optimizer step, with the policy's fp32 output layer), 'fp32' (the policy itself), or 'auto' (as model.precision)")
 
 
@@ -170,6 +172,15 @@ class Config:
             raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
         if not self.rollout.temperature > 0:
             raise ConfigError(f"rollout.temperature must be > 0 for training, got {self.rollout.temperature}")
+        if self.rollout.truncated_reward not in (None, "grade", "zero") and not _finite(self.rollout.truncated_reward):
+            raise ConfigError(f"rollout.truncated_reward must be 'grade', 'zero', a finite number or null, "
+                              f"got {self.rollout.truncated_reward!r}")
+        if self.algo.advantage in ("opo", "opo_batch") and self.algo.aggregation == "seq-mean-token-mean":
+            warnings.warn(
+                f"algo.advantage={self.algo.advantage} with algo.aggregation=seq-mean-token-mean: OPO's length-weighted "
+                "baseline minimises the gradient variance when every token weighs the same (token-mean or "
+                "seq-mean-token-sum); averaging each sequence first gives short responses more weight per token, so "
+                "the baseline is no longer the optimal one (arXiv 2505.23585)", stacklevel=2)
         for key in ("algo.clip_low", "algo.clip_high"):
             if not 0 <= self.get(key) < 1:
                 raise ConfigError(f"{key} must be in [0, 1), got {self.get(key)}")
@@ -191,6 +202,13 @@ class Config:
             raise ConfigError("algo.dual_clip only acts off-policy (ppo_epochs > 1 or mini_batches > 1); "
                               "in exact on-policy mode the ratio is 1 and clipping never fires")
         return self
+
+    def truncated_reward(self) -> Optional[float]:
+        """The reward of a completion cut off at the length limit, or None to grade it as it is."""
+        value = self.rollout.truncated_reward
+        if value is None:
+            value = "grade" if self.task.name == "reasoning_gym" else "zero"
+        return None if value == "grade" else 0.0 if value == "zero" else float(value)
 
     @property
     def off_policy(self) -> bool:
@@ -410,6 +428,13 @@ def _validate_eval_k(key: str, ks: list, n: int) -> None:
         raise ConfigError(f"{key} must be a list of integers >= 1, got {ks}")
     if n and max(ks) > n:
         raise ConfigError(f"{key}: pass@{max(ks)} needs at least {max(ks)} samples per problem, got n={n}")
+
+
+def _finite(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _is_number(value: Any) -> bool:

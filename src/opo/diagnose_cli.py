@@ -12,7 +12,7 @@ import torch
 from opo.config import Config, DiagnoseConfig
 from opo.diagnose import baseline_variances, gradient_gram, length_fit
 from opo.evaluate import decode, encode
-from opo.models import load_model
+from opo.models import load_model, stop_token_ids
 from opo.rollout.hf import HFEngine
 from opo.runtime import pick_threads, resolve_precisions
 from opo.tasks import build_task
@@ -29,7 +29,7 @@ def run_diagnose(cfg: DiagnoseConfig) -> dict[str, Any]:
     P, K = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
     try:
         examples = [task.train_example(cfg.start + i) for i in range(P)]
-        engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, cfg.rollout.precision, seed=cfg.seed)
+        engine = HFEngine(model, stop_token_ids(model, tok), tok.pad_token_id, cfg.rollout.precision, seed=cfg.seed)
         batch = engine.generate(encode(tok, examples), list(range(P)), K, cfg.rollout.max_new_tokens,
                                 cfg.rollout.temperature)
         texts = [decode(tok, r.completion) for r in batch.rollouts]

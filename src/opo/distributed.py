@@ -91,20 +91,26 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
-    def aligned(self, batches: list[T], spare: T) -> list[tuple[T, bool]]:
-        """``(batch, True)`` for each of ``batches``; under FSDP, then ``(spare, False)`` until this
-        process has as many passes as the busiest one (each pass's collectives must pair up across
-        processes; a ``False`` pass must add nothing). Agreeing on the count is itself a collective,
-        made here, before any pass."""
+    def aligned(self, batches: list[T], spare: T, calls: Callable[[T], int]) -> list[tuple[T, bool, int]]:
+        """``(batch, True, c)`` for each of ``batches``; under FSDP, then ``(spare, False, c)`` until this
+        process has as many passes as the busiest one (a ``False`` pass must add nothing).
+
+        Each FSDP unit gathers its weights at every call, so the collectives pair up across processes
+        only if pass ``i`` makes as many decoder calls everywhere: ``c`` is the largest ``calls(batch)``
+        of pass ``i`` over the processes (0 without FSDP). Agreeing is itself collective, made here."""
         out = [(b, True) for b in batches]
-        if self.fsdp:
-            most = int(self.reduce({"n": float(len(batches))}, op="max")["n"])
-            out += [(spare, False)] * (most - len(batches))
-        return out
+        if not self.fsdp:
+            return [(b, real, 0) for b, real in out]
+        most = int(self.reduce({"n": float(len(batches))}, op="max")["n"])
+        out += [(spare, False)] * (most - len(batches))
+        need = self.reduce({f"{i:09d}": float(calls(b)) for i, (b, _) in enumerate(out)}, op="max")
+        return [(b, real, int(need[f"{i:09d}"])) for i, (b, real) in enumerate(out)]
 
     def sum_gradients(self, model: torch.nn.Module, bucket_bytes: int = 64 << 20) -> None:
         """All-reduce (sum) every parameter's gradient; a parameter without one contributes zeros.
-        Under FSDP a no-op: its backward already reduce-scatters the gradients.
+        A parameter that no process reached keeps no gradient, as on one process, so AdamW neither
+        decays its moments nor applies weight decay to it. Under FSDP a no-op: its backward already
+        reduce-scatters the gradients.
 
         Gradients travel in flat fp32 buckets of about ``bucket_bytes``: few collective calls
         without a second full copy of the gradients.
@@ -112,6 +118,9 @@ class Dist:
         if self.world == 1 or self.fsdp:
             return
         params = [p for p in model.parameters() if p.requires_grad]
+        reached = torch.tensor([float(p.grad is not None) for p in params])  # (P,)
+        dist.all_reduce(reached, op=dist.ReduceOp.MAX)
+        params = [p for p, r in zip(params, reached.tolist()) if r]
         for p in params:  # a rank whose groups never reached a parameter still takes part
             if p.grad is None:
                 p.grad = torch.zeros_like(p)

@@ -10,7 +10,7 @@ import torch
 
 from opo.config import EvalConfig
 from opo.evaluate import evaluate, sample_rows
-from opo.models import load_model
+from opo.models import load_model, stop_token_ids
 from opo.rollout.hf import HFEngine
 from opo.runtime import pick_threads, resolve_precision
 from opo.tasks import build_task, limit_prompt_length
@@ -26,7 +26,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, float]:
     model.eval()
     task = build_task(cfg.task)
     limit_prompt_length(task, tok, model, cfg.max_new_tokens)
-    engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, cfg.precision, seed=cfg.seed)
+    engine = HFEngine(model, stop_token_ids(model, tok), tok.pad_token_id, cfg.precision, seed=cfg.seed)
     try:
         metrics, samples = evaluate(engine, tok, task, n=cfg.n, ks=tuple(cfg.k), temperature=cfg.temperature,
                                     max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy, batch_size=cfg.batch_size,

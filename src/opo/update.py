@@ -11,7 +11,7 @@ import contextlib
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from transformers import PreTrainedModel
@@ -20,7 +20,7 @@ from opo.algos.advantages import ADVANTAGES
 from opo.algos.losses import KL_ESTIMATORS, POLICY_LOSSES, aggregate
 from opo.config import Config
 from opo.distributed import Dist, full_tensor, run
-from opo.logprobs import PromptBatch, completion_logprobs
+from opo.logprobs import PromptBatch, completion_logprobs, decoder_calls
 from opo.rollout.base import RolloutBatch
 
 
@@ -95,15 +95,23 @@ def _select(data: StepData, groups: list[int]) -> tuple[PromptBatch, torch.Tenso
     return PromptBatch.from_lists([data.prompts[g] for g in groups], data.pad_id), rows, local
 
 
-def _forward(model: PreTrainedModel, cfg: Config, data: StepData, groups: list[int], entropy_grad: bool = False):
+def _forward(model: PreTrainedModel, cfg: Config, data: StepData, groups: list[int], entropy_grad: bool = False,
+             calls: int = 0):
+    """Log-probs and entropies of ``groups``' completions, making at least ``calls`` decoder calls (FSDP)."""
     batch, rows, local = _select(data, groups)
     width = int(data.mask[rows].sum(-1).max())  # trim padding shared by the whole micro-batch
     with autocast_context(cfg.model.precision):
         logp, ent = run(
             model, completion_logprobs, batch, data.completions[rows, :width], data.mask[rows, :width], local,
             temperature=cfg.rollout.temperature, fp32_head=cfg.model.fp32_head, with_entropy_grad=entropy_grad,
+            min_decoder_calls=calls,
         )
     return rows, width, logp, ent  # logp, ent: (n, width)
+
+
+def _calls(data: StepData) -> Callable[[list[int]], int]:
+    """Decoder calls of :func:`_forward` on some groups (see :meth:`Dist.aligned`)."""
+    return lambda groups: decoder_calls(data.mask[_rows(data, groups)])
 
 
 @torch.no_grad()
@@ -115,8 +123,9 @@ def record_logprobs(
     reference policy); zero on the other rows. ``dist``: the job ``model`` is sharded over, if any."""
     out = torch.zeros_like(data.mask)
     counts[key] += 0  # the same keys on every process, also one without groups here
-    for mb, real in dist.aligned(micro_batches(data, groups, cfg.train.micro_batch_tokens), groups[:1]):
-        rows, width, logp, _ = _forward(model, cfg, data, mb)
+    for mb, real, calls in dist.aligned(micro_batches(data, groups, cfg.train.micro_batch_tokens), groups[:1],
+                                        _calls(data)):
+        rows, width, logp, _ = _forward(model, cfg, data, mb, calls=calls)
         if real:
             out[rows, :width] = logp
             counts[key] += 1
@@ -174,8 +183,9 @@ def policy_update(
             n_seqs = float(len(rows_all))
             optimizer.zero_grad(set_to_none=True)
             local = [g for g in mini if g in own]
-            for mb, real in dist.aligned(micro_batches(data, local, cfg.train.micro_batch_tokens), mine[:1]):
-                rows, width, logp, ent = _forward(model, cfg, data, mb, entropy_grad=cfg.algo.entropy_coef > 0)
+            for mb, real, calls in dist.aligned(micro_batches(data, local, cfg.train.micro_batch_tokens), mine[:1],
+                                                _calls(data)):
+                rows, width, logp, ent = _forward(model, cfg, data, mb, cfg.algo.entropy_coef > 0, calls)
                 if not real:  # a pass that only keeps FSDP's collectives paired: a zero gradient
                     (logp.sum() * 0.0).backward()
                     continue

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from opo.distributed import full_tensor
-from opo.logprobs import PromptBatch, prefill
+from opo.logprobs import LogitTransform, PromptBatch, prefill, run_decoder
 from opo.rollout.base import Rollout, RolloutBatch
 
 
@@ -36,22 +36,25 @@ class HFEngine:
         stop_ids: list[int],
         pad_id: int,
         precision: str = "fp32",
-        top_p: float = 1.0,
         seed: int = 0,
         separate: bool = False,
     ) -> None:
         self.policy = model
         self.model = model
         if precision == "bf16" or separate:
-            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-            self.model = copy.deepcopy(model).to(dtype).requires_grad_(False)
+            self.model = copy.deepcopy(model).requires_grad_(False)
+            if precision == "bf16":
+                # Parameters only: buffers that are not weights (the rotary ``inv_freq``) stay fp32, as
+                # in the trainer; bf16 frequencies put the rotary angle off by ~0.8 rad at position 600.
+                for p in self.model.parameters():
+                    p.data = p.data.to(torch.bfloat16)
         # Logits come from an fp32 output layer, as the trainer's fp32 head: the policy's own, or a
         # copy when the policy's will be sharded.
         head = model.get_output_embeddings()
         self.head = copy.deepcopy(head).float().requires_grad_(False) if separate else head
+        self.transform = LogitTransform.from_config(model.config)  # the family's softcap or scale, if any
         self.stop_ids = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
         self.pad_id = pad_id
-        self.top_p = top_p
         self.generator = torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
@@ -67,9 +70,12 @@ class HFEngine:
                 dst.copy_(full_tensor(src))
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's own logits ``(A, V)``: the output layer, then its family's transform (a softcap,
+        a scale), as the trainer's head computes them; the temperature comes after, in :meth:`_sample`."""
         head = self.head
         with torch.autocast(device_type="cpu", enabled=False):
-            return F.linear(hidden.to(head.weight.dtype), head.weight, head.bias)  # (A, V)
+            u = F.linear(hidden.to(head.weight.dtype), head.weight, head.bias)  # (A, V)
+        return self.transform(u)
 
     def _sample(self, logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Next tokens ``(A,)`` and their log-probs under the distribution sampled from ``(A,)``."""
@@ -78,13 +84,7 @@ class HFEngine:
             tok = logits.argmax(-1)
             return tok, logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
         logp = (logits / temperature).log_softmax(-1)  # (A, V)
-        probs = logp.exp()
-        if self.top_p < 1.0:
-            sorted_p, order = probs.sort(-1, descending=True)
-            drop = sorted_p.cumsum(-1) - sorted_p > self.top_p  # keep the smallest set reaching top_p
-            sorted_p = sorted_p.masked_fill(drop, 0.0)
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-        tok = sample_categorical(probs, self.generator)
+        tok = sample_categorical(logp.exp(), self.generator)
         return tok, logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
 
     @torch.no_grad()
@@ -122,14 +122,8 @@ class HFEngine:
                 cache.batch_select_indices(idx)
                 active, tok, attn, pos = active[idx], tok[idx], attn[idx], pos[idx]
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-            out = self.model.get_decoder()(
-                input_ids=tok.unsqueeze(-1),
-                attention_mask=attn,
-                position_ids=pos.unsqueeze(-1),
-                past_key_values=cache,
-                use_cache=True,
-            )
-            logits = self._logits(out.last_hidden_state[:, -1])
+            hidden, cache = run_decoder(self.model, tok.unsqueeze(-1), attn, pos.unsqueeze(-1), cache)
+            logits = self._logits(hidden[:, -1])
             pos = pos + 1
         rollouts = [
             Rollout(prompts[row[i]], tokens[i], logps[i], finish[i], groups[row[i]]) for i in range(n)
