@@ -1,13 +1,14 @@
 import json
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opo.rewards.extract import EXTRACTORS
-from opo.rewards.grader import GraderPool, as_number, extract_answer, extract_boxed, grade_math
+from opo.rewards.extract import EXTRACTORS, first_number, last_number
+from opo.rewards.grader import Grade, GraderPool, as_number, extract_answer, extract_boxed, extract_gsm8k, grade_math
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "opo" / "data"
 
@@ -46,6 +47,58 @@ def test_extraction_order_and_methods():
 def test_number_fast_path():
     assert as_number("1,234") == as_number("1234.0") and as_number(r"\$5") == 5 and as_number(r"50\%") == 50
     assert as_number(r"\frac12") is None
+
+
+@pytest.mark.parametrize("text, want", [
+    ("1,234,567", 1234567), ("-1,234.5", -1234.5), ("$1,234", 1234), (r"\$32,\!348", 32348),
+    (r"11,\! 111,\! 111,\! 100", 11111111100), (r"\text{1,234}", 1234), ("1,234.", 1234), ("$ -5", -5),
+    # A comma that is not a thousands separator makes a list (or a typo), never one number.
+    ("3, 5, 7", None), ("3,5,7", None), ("-2,1", None), ("12,34", None), ("1,2345", None), ("1234,567", None),
+    ("1, 234", None), ("1,234,", None), (",123", None),
+    ("3 5 7", None),  # the same flaw with spaces: not 357
+])
+def test_commas_only_as_thousands_separators(text, want):
+    assert as_number(text) == (None if want is None else Decimal(str(want)))
+
+
+def reached_worker(pred: str, ref: str) -> bool:
+    raise RuntimeError("graded in the worker")
+
+
+def test_comma_lists_go_to_the_worker():
+    with GraderPool(workers=1, timeout=10.0, fn="tests.test_grader:reached_worker") as p:
+        grades = grade_math(p, [("7, 5, 3", "3, 5, 7"), ("1234", "1,234")])
+    assert grades[0].status == "error"  # the worker ran: no decimal fast path for lists
+    assert grades[1] == Grade(True, "ok")  # a thousands-separated number stays on the fast path
+
+
+def test_comma_lists_grade_through_math_verify(pool):
+    cases = [
+        ("357", "3, 5, 7", False), ("-21", "-2,1", False), ("35", "3, 5", False), ("1234", "1, 234", False),
+        ("1234", "1,234", True), ("3,5,7", "3, 5, 7", True),
+        ("7, 5, 3", "3, 5, 7", True),  # math-verify compares bare comma lists as sets (MATH's "all solutions")
+        ("357", "3 5 7", False),
+    ]
+    grades = grade_math(pool, [(pred, ref) for pred, ref, _ in cases])
+    assert [(g.correct, g.status) for g in grades] == [(want, "ok") for *_, want in cases]
+
+
+@pytest.mark.parametrize("text, want", [
+    ("#### 1,234", "1234"), ("#### -1,234.5.", "-1234.5"), ("#### $1,234,567", "$1234567"),
+    ("#### 3, 5", "3, 5"), ("#### 3,5", "3,5"), ("#### 1,2345", "1,2345"),
+])
+def test_extract_gsm8k_drops_only_thousands_commas(text, want):
+    assert extract_gsm8k(text) == want
+
+
+@pytest.mark.parametrize("text, first, last", [
+    ("sum 1,234,567 and 2,000.5", "1234567", "2000.5"),
+    ("roots 3, 5, 7", "3", "7"),
+    ("x = 1,2345", "1", "2345"),  # an incomplete group is not a thousands separator
+    ("x = 12,34", "12", "34"),
+])
+def test_number_extractors_group_only_thousands(text, first, last):
+    assert (first_number(text), last_number(text)) == (first, last)
 
 
 def test_math500_reference_solutions_grade_correct(pool):

@@ -10,7 +10,16 @@ from opo.registry import Registry
 Extractor = Callable[[str], Optional[str]]
 EXTRACTORS: Registry[Extractor] = Registry("answer extractor")
 
-_NUMBER = re.compile(r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)")
+# A comma is read only as a thousands separator: a lead group of 1-3 digits (not itself after a digit
+# or comma), then groups of exactly three digits, with no digit or comma-digit after the last one.
+# Any other comma ("3, 5, 7", "-2,1", "1,2345") separates numbers, so they must not merge into one.
+THOUSANDS = r"(?<![\d,])\d{1,3}(?:,\d{3})+(?!,?\d)"
+_NUMBER = re.compile(rf"[-+]?(?:(?:{THOUSANDS}|\d+)(?:\.\d+)?|\.\d+)")
+
+
+def drop_thousands_commas(text: str) -> str:
+    """``text`` with the commas of thousands-separated numbers removed (``1,234`` -> ``1234``), other commas kept."""
+    return re.sub(THOUSANDS, lambda m: m.group(0).replace(",", ""), text)
 
 
 @EXTRACTORS.register("first_number")

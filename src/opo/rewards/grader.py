@@ -20,7 +20,7 @@ from decimal import Decimal, InvalidOperation
 from multiprocessing.connection import wait
 from typing import Callable, Optional
 
-from opo.rewards.extract import last_number
+from opo.rewards.extract import THOUSANDS, drop_thousands_commas, last_number
 
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _GSM8K = re.compile(r"####\s*([^\n]+)")
@@ -46,9 +46,9 @@ def extract_boxed(text: str) -> Optional[str]:
 
 
 def extract_gsm8k(text: str) -> Optional[str]:
-    """The answer after the last ``#### ``, commas removed."""
+    """The answer after the last ``#### ``, thousands separators removed (``3, 5`` stays a list)."""
     found = _GSM8K.findall(text)
-    return found[-1].strip().replace(",", "").rstrip(".") if found else None
+    return drop_thousands_commas(found[-1].strip()).rstrip(".") if found else None
 
 
 EXTRACTION_ORDER = ("boxed", "gsm8k", "last_number")
@@ -67,15 +67,23 @@ def extract_answer(text: str, methods: tuple[str, ...] = EXTRACTION_ORDER) -> tu
 
 
 def as_number(text: str) -> Optional[Decimal]:
-    """A plain number (``1,234``, ``-0.5``, ``$12``, ``50\\%``, ``\\$3``) as a Decimal, else None."""
-    s = text.strip().strip("$").replace(",", "").replace("\\!", "").replace("\\$", "").replace(" ", "")
+    """A plain number (``1,234``, ``-0.5``, ``$12``, ``50\\%``, ``\\$3``) as a Decimal, else None.
+
+    Commas count only as thousands separators; a list such as ``3, 5, 7`` or ``-2,1`` is None, so
+    it is graded by math-verify instead of being read as 357 or -21.
+    """
+    # "\!" (negative space) only tightens a separator, as in MATH's "10,\! 080"; drop any space it is followed by.
+    s = re.sub(r"\\!\s*", "", text.strip().strip("$")).replace("\\$", "")
+    if re.search(r"[\d,]\s+[\d,]", s):  # "3 5 7", "1, 234": separate numbers, not one
+        return None
+    s = s.replace(" ", "")
     s = re.sub(r"\\?%$", "", s).rstrip(".")
     if s.startswith("\\text{") and s.endswith("}"):
         s = s[6:-1]
-    if not re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)", s):
+    if not re.fullmatch(rf"[-+]?(?:(?:{THOUSANDS}|\d+)(?:\.\d*)?|\.\d+)", s):
         return None
     try:
-        return Decimal(s)
+        return Decimal(s.replace(",", ""))
     except InvalidOperation:
         return None
 
