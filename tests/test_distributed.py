@@ -127,7 +127,9 @@ def test_killing_one_rank_stops_the_job_with_that_ranks_failure(tmp_path):
     try:
         deadline = time.monotonic() + 240
         while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip()):
-            assert proc.poll() is None and time.monotonic() < deadline, "the job never reached its first step"
+            if proc.poll() is not None:
+                pytest.fail(f"the job exited ({proc.returncode}) before its first step:\n{proc.stdout.read()[-3000:]}")
+            assert time.monotonic() < deadline, "the job never reached its first step"
             time.sleep(0.2)
         victim = next(p for p in psutil.Process(proc.pid).children(recursive=True)
                       if p.environ().get("RANK") == "1" and "opo" in " ".join(p.cmdline()))

@@ -129,6 +129,8 @@ class Score:
 
 
 SYMBOLIC_EQUAL = "opo.rewards.grader:symbolic_equal"
+READY = "ready\n"  # a worker's first line: the function is loaded, calls may be timed
+STARTUP_TIMEOUT = 120.0  # seconds a worker may take to load its function
 
 
 class GraderPool:
@@ -149,13 +151,18 @@ class GraderPool:
         self._procs: list[Optional[subprocess.Popen]] = [None] * workers
         self._reported: set[str] = set()
 
-    def _start(self, i: int) -> subprocess.Popen:
+    def _start(self, i: int) -> Optional[subprocess.Popen]:
+        """A new worker, once it has loaded the function (None if it could not). Its start-up (Python
+        and the function's imports, seconds on a busy machine) must not count against a call's deadline."""
         proc = subprocess.Popen(
             [sys.executable, "-m", "opo.rewards.grader_worker", self.fn],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
         )
         self._procs[i] = proc
-        return proc
+        if wait([proc.stdout], timeout=STARTUP_TIMEOUT) and proc.stdout.readline() == READY:
+            return proc
+        self._kill(i)
+        return None
 
     def _kill(self, i: int) -> None:
         proc = self._procs[i]
@@ -180,6 +187,10 @@ class GraderPool:
                 if w not in busy and queue:
                     proc = self._procs[w] or self._start(w)
                     idx = queue.pop(0)
+                    if proc is None:
+                        out[idx] = Score(0.0, "error")
+                        self._report("error", f"worker did not start within {STARTUP_TIMEOUT:g} s or exited")
+                        continue
                     try:
                         proc.stdin.write(json.dumps(calls[idx], default=str) + "\n")
                         proc.stdin.flush()

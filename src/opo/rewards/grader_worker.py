@@ -14,6 +14,7 @@ import sys
 from typing import Any, Callable
 
 from opo.rewards.functions import load_function
+from opo.rewards.grader import READY
 
 
 def call(fn: Callable, args: list) -> list:
@@ -39,6 +40,8 @@ def main() -> None:
     sys.stdout = sys.stderr
     # math-verify warns that its own (signal) timeouts are off: the pool's hard deadline replaces them.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
+    protocol.write(READY)  # deadlines start now, not while Python and the function's imports load
+    protocol.flush()
     for line in sys.stdin:
         protocol.write(json.dumps(call(fn, json.loads(line))) + "\n")
         protocol.flush()
