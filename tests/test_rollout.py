@@ -1,6 +1,8 @@
 import copy
+import math
 
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from opo.logprobs import PromptBatch, completion_logprobs
 from opo.rollout.hf import HFEngine, sample_categorical
@@ -8,13 +10,31 @@ from opo.rollout.hf import HFEngine, sample_categorical
 
 def test_greedy_matches_transformers_generate(tiny):
     model, tok = tiny
-    prompts = [[1, 5, 6, 7], [9, 10]]
-    engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, precision="fp32")
-    batch = engine.generate(prompts, [0, 1], 1, 6, 0.0)
+    # Scaled-up layers make the greedy output change from token to token (the unscaled random model
+    # repeats one token), so a wrong cache position or token feed shows. Top-2 logit margins along
+    # these paths are >= 3e-3, far above fp32 differences between the two computations.
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layers" in name and p.dim() == 2:
+                p.mul_(8)
+    prompts = [[1, 5, 6, 7], [9, 10], [3, 4, 5, 6, 7, 8]]
+
+    def reference(prompt, stop_ids):
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, eos_token_id=stop_ids,
+                             pad_token_id=tok.pad_token_id)
+        return out[0, len(prompt):].tolist()
+
+    # The second prompt's third greedy token also stops: one sequence leaves the batch mid-way.
+    stop_ids = [tok.eos_token_id, reference(prompts[1], [tok.eos_token_id])[2]]
+    batch = HFEngine(model, stop_ids, tok.pad_token_id, precision="fp32").generate(prompts, [0, 1, 2], 1, 6, 0.0)
     for p, r in zip(prompts, batch.rollouts):
-        ref = model.generate(torch.tensor([p]), max_new_tokens=6, do_sample=False, eos_token_id=tok.eos_token_id,
-                             pad_token_id=tok.pad_token_id)[0, len(p):].tolist()
-        assert r.completion == ref[: len(r.completion)]
+        assert r.completion == reference(p, stop_ids)
+        if r.completion[-1] in stop_ids:
+            assert r.finish == "stop"
+        else:
+            assert r.finish == "length" and len(r.completion) == 6
+    assert {r.finish for r in batch.rollouts} == {"stop", "length"}
 
 
 def test_sampler_logprobs_equal_trainer_logprobs_fp32(tiny):
@@ -63,6 +83,50 @@ def test_bf16_engine_samples_from_a_synced_copy(tiny):
         trainer, _ = completion_logprobs(policy, PromptBatch.from_lists(plist, tok.pad_token_id), ids, mask, gi)
     # bf16 sampler vs the trainer's bf16 autocast: the same numerics up to op order
     assert float(((trainer - sampler).abs() * mask).max()) < 0.1
+
+
+def test_whole_completions_follow_the_models_tempered_distribution():
+    # End to end through generate: prefill, the shared cache, dropping finished rows, temperature and
+    # the sampler, against exact outcome probabilities from the model's plain forward in float64.
+    config = LlamaConfig(vocab_size=12, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=False, attn_implementation="eager")
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)  # far from uniform: next-token probabilities from ~1e-5 to ~0.9
+    prompt, temperature, n = [3, 7, 1], 0.7, 5000
+    exact = copy.deepcopy(model).double()
+    with torch.no_grad():
+        first = (exact(torch.tensor([prompt])).logits[0, -1] / temperature).log_softmax(-1)  # (V,)
+        second = (exact(torch.tensor([prompt + [a] for a in range(12)])).logits[:, -1] / temperature).log_softmax(-1)
+    stop = int(first.argsort()[-2])  # a likely first token: 1-token completions are a common outcome
+    logp = {(stop,): float(first[stop])}
+    logp.update({(a, b): float(first[a] + second[a, b]) for a in range(12) if a != stop for b in range(12)})
+
+    batch = HFEngine(model, [stop], 0, "fp32", seed=0).generate([prompt], [0], n, 2, temperature)
+    counts = dict.fromkeys(logp, 0)
+    for r in batch.rollouts:
+        outcome = tuple(r.completion)
+        counts[outcome] += 1  # a KeyError is an impossible completion
+        assert r.finish == ("stop" if outcome[-1] == stop else "length")
+        assert abs(sum(r.logprobs) - logp[outcome]) < 1e-4
+    # Chi-square goodness of fit; outcomes pooled in ascending order of expected count until each bin
+    # expects >= 5 (the leftover, if any, joins the last bin).
+    expected = torch.tensor([n * math.exp(logp[o]) for o in logp], dtype=torch.float64)
+    observed = torch.tensor([counts[o] for o in logp], dtype=torch.float64)
+    bins_e, bins_o, acc_e, acc_o = [], [], 0.0, 0.0
+    for i in expected.argsort().tolist():
+        acc_e, acc_o = acc_e + float(expected[i]), acc_o + float(observed[i])
+        if acc_e >= 5:
+            bins_e.append(acc_e)
+            bins_o.append(acc_o)
+            acc_e, acc_o = 0.0, 0.0
+    bins_e[-1] += acc_e
+    bins_o[-1] += acc_o
+    e, o = torch.tensor(bins_e, dtype=torch.float64), torch.tensor(bins_o, dtype=torch.float64)
+    chi2 = float(((o - e) ** 2 / e).sum())
+    p_value = float(torch.special.gammaincc(torch.tensor((len(e) - 1) / 2), torch.tensor(chi2 / 2)))
+    assert len(e) > 20 and p_value > 1e-3, (chi2, len(e), p_value)
 
 
 def test_inverse_cdf_sampling_draws_from_the_distribution():

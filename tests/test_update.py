@@ -10,10 +10,10 @@ from opo.rollout.hf import HFEngine
 from opo.update import StepData, micro_batches, policy_update, record_logprobs
 
 
-def step_data(model, tok, n_prompts=4, k=3):
+def step_data(model, tok, n_prompts=4, k=3, temperature=1.0):
     prompts = [[1, 5 + i, 6, 7 + 2 * i][: 2 + i % 3] for i in range(n_prompts)]
     batch = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, "fp32", seed=1).generate(
-        prompts, list(range(n_prompts)), k, 6, 1.0
+        prompts, list(range(n_prompts)), k, 6, temperature
     )
     plist, gi = batch.prompts()
     ids, mask, logp = batch.completion_tensors(tok.pad_token_id)
@@ -48,6 +48,48 @@ def test_micro_batched_gradient_equals_full_batch(tiny, aggregation):
     for n in full:
         assert torch.allclose(full[n], split[n], atol=1e-6, rtol=1e-4), n
     assert any(float(d.abs().max()) > 0 for d in full.values())
+
+
+def plain_logprobs(model, data, temperature, rows=None):
+    """Per-sample log-probs ``(L_i,)`` of the completion tokens of ``rows`` (default: all) from one
+    full forward of prompt + completion each: no shared prompt cache, buckets or chunked head."""
+    out = {}
+    for i in range(len(data.group_index)) if rows is None else rows:
+        prompt = data.prompts[int(data.group_index[i])]
+        completion = data.completions[i, : int(data.mask[i].sum())]
+        ids = torch.cat([torch.tensor(prompt), completion]).unsqueeze(0)
+        logits = model(ids).logits[0, len(prompt) - 1 : -1]  # (L_i, V): the positions predicting the completion
+        out[i] = (logits / temperature).log_softmax(-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+    return out
+
+
+def test_on_policy_step_follows_the_policy_gradient_of_the_tempered_policy(tiny):
+    # SGD with lr 1 moves the weights by -grad(loss), loss = -(1/N_tok) sum_i sum_t A_it log pi(y_it | ...),
+    # with pi the tempered policy the batch was sampled from. In float64 the opo step and the plain
+    # reference agree to ~1e-7 relative (measured 7e-8: transformers' RMSNorm rounds to fp32 even in a
+    # float64 model); a sign, scale or temperature error is off by O(1).
+    model, tok = tiny
+    temperature = 0.7
+    data = step_data(model, tok, temperature=temperature)
+    assert data.advantages.abs().sum() > 0 and data.advantages[data.mask.bool()].unique().numel() > 2
+    model64 = copy.deepcopy(model).double()
+    model64.set_attn_implementation("sdpa")  # float64 eager attention gives NaN on left-padding rows
+    cfg = cfg_for(**{"algo.loss": "pg", "algo.aggregation": "token-mean", "rollout.temperature": temperature,
+                     "train.micro_batch_tokens": 40})
+    delta, _ = sgd_delta(model64, cfg, data)
+
+    reference = copy.deepcopy(model64)
+    logp = plain_logprobs(reference, data, temperature)
+    n_tok = float(data.mask.sum())
+    adv = data.advantages.double()
+    loss = -sum((adv[i, : len(lp)] * lp).sum() for i, lp in logp.items()) / n_tok
+    params = dict(reference.named_parameters())
+    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+    for n, d in delta.items():
+        expected = -grads[n]
+        assert d.dtype == torch.float64
+        assert float((d - expected).abs().max()) <= 1e-6 * float(expected.abs().max()), n
+    assert float(delta["model.embed_tokens.weight"].abs().max()) > 0
 
 
 def test_micro_batches_keep_groups_whole(tiny):
@@ -88,10 +130,73 @@ def test_off_policy_records_old_logprobs_and_steps_per_mini_batch(tiny):
     model, tok = tiny
     data = step_data(model, tok)
     m = copy.deepcopy(model)
-    cfg = cfg_for(**{"algo.loss": "ppo_clip", "algo.mini_batches": 2, "algo.ppo_epochs": 2, "train.micro_batch_tokens": 100000})
-    metrics = policy_update(m, torch.optim.SGD(m.parameters(), lr=1e-2), cfg, data, generator=torch.Generator().manual_seed(0))
+    lr, clip_low, clip_high = 3.0, 0.2, 0.28
+    cfg = cfg_for(**{"algo.loss": "ppo_clip", "algo.mini_batches": 2, "algo.ppo_epochs": 2, "train.micro_batch_tokens": 100000,
+                     "algo.clip_low": clip_low, "algo.clip_high": clip_high})
+    hand = copy.deepcopy(model).double()
+    optimizer = torch.optim.SGD(m.parameters(), lr=lr)
+    after_step = []
+    optimizer.register_step_post_hook(lambda *_: after_step.append([p.detach().clone() for p in m.parameters()]))
+    metrics = policy_update(m, optimizer, cfg, data, generator=torch.Generator().manual_seed(0))
     assert metrics["passes/old_logprob"] == 1 and metrics["optimizer_steps"] == 4
-    assert 0.0 <= metrics["clip_frac"] <= 1.0
+
+    # The same steps by hand: per-sample plain forwards, ratio exp(logp - old), clipped surrogate
+    # min(r A, clip(r) A), token-mean over the mini-batch, SGD. The mini-batch order is the one
+    # policy_update draws: randperm over the groups, once per epoch, from the generator passed in.
+    order_gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        old = plain_logprobs(hand, data, 1.0)
+    losses, clipped, tokens, ratios = [], 0, 0, []
+    for _ in range(2):
+        order = torch.randperm(len(data.prompts), generator=order_gen).tolist()
+        for mini in (order[:2], order[2:]):
+            rows = [i for i in range(len(data.group_index)) if int(data.group_index[i]) in mini]
+            logp = plain_logprobs(hand, data, 1.0, rows)
+            surrogate, n_tok = 0.0, 0
+            for i in rows:
+                adv = data.advantages[i, : len(old[i])].double()
+                r = torch.exp(logp[i] - old[i])
+                r_clipped = r.clamp(1 - clip_low, 1 + clip_high)
+                surrogate = surrogate + torch.minimum(r * adv, r_clipped * adv).sum()
+                clipped += int((r_clipped * adv < r * adv).sum())
+                n_tok += len(old[i])
+                ratios.append(r.detach())
+            loss = -surrogate / n_tok
+            losses.append(float(loss))
+            tokens += n_tok
+            params = list(hand.parameters())
+            with torch.no_grad():
+                for p, g in zip(params, torch.autograd.grad(loss, params)):
+                    p.sub_(lr * g)
+            step = len(losses) - 1
+            for p0, p_opo, p_hand in zip(model.parameters(), after_step[step], hand.parameters()):
+                moved = p_hand.detach() - p0.double()
+                # fp32 policy: rounding a weight of ~1 (norm weights) that moves by ~1e-3 puts the
+                # floor at ~2e-4 (measured); a wrong ratio, clip bound or normaliser is off by far more.
+                err = float((p_opo.double() - p0.double() - moved).abs().max())
+                assert err <= 1e-3 * float(moved.abs().max()), step
+    ratios = torch.cat(ratios)
+    # The later mini-batches see moved weights, some tokens clip, and none sits so near a bound that
+    # fp32 rounding (~1e-6) could flip its clip decision.
+    assert float((ratios - 1).abs().max()) > 0.5 and 0 < clipped < tokens
+    assert float(torch.minimum((ratios - (1 - clip_low)).abs(), (ratios - (1 + clip_high)).abs()).min()) > 1e-4
+    assert abs(metrics["loss"] - sum(losses) / len(losses)) <= 1e-5 * max(abs(x) for x in losses)
+    assert metrics["clip_frac"] == pytest.approx(clipped / tokens, abs=1e-12)
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="record_logprobs (and the on-policy shift record) allocate log-prob buffers with "
+                          "zeros_like(data.mask), float32, so a float64 policy's log-probs cannot be stored: "
+                          "'Index put requires the source and destination dtypes match'")
+@pytest.mark.parametrize("overrides, shift", [({"algo.loss": "ppo_clip", "algo.mini_batches": 2}, False), ({}, True)])
+def test_float64_policy_updates_off_policy_and_measures_shift(tiny, overrides, shift):
+    model, tok = tiny
+    data = step_data(model, tok)
+    m = copy.deepcopy(model).double()
+    m.set_attn_implementation("sdpa")  # float64 eager attention gives NaN on left-padding rows
+    metrics = policy_update(m, torch.optim.SGD(m.parameters(), lr=1.0), cfg_for(**overrides), data,
+                            generator=torch.Generator().manual_seed(0), measure_shift=shift)
+    assert metrics["skipped_steps"] == 0
 
 
 def test_nan_gradient_skips_the_optimizer_step(tiny):
