@@ -121,7 +121,7 @@ def record_logprobs(
 ) -> torch.Tensor:
     """Log-probs ``(N, T)`` of ``groups``' completions under ``model``, without gradient (old or
     reference policy); zero on the other rows. ``dist``: the job ``model`` is sharded over, if any."""
-    out = torch.zeros_like(data.mask)
+    out = torch.zeros_like(data.mask, dtype=_logprob_dtype(model))
     counts[key] += 0  # the same keys on every process, also one without groups here
     for mb, real, calls in dist.aligned(micro_batches(data, groups, cfg.train.micro_batch_tokens), groups[:1],
                                         _calls(data)):
@@ -159,7 +159,9 @@ def policy_update(
     own = set(mine)
     old_logp = record_logprobs(model, cfg, data, mine, counts, "passes/old_logprob", dist) if cfg.off_policy else None
     # pi_before's log-probs: recorded off-policy; on-policy the training forward gives them for free
-    before_logp = torch.zeros_like(data.mask) if measure_shift and old_logp is None else old_logp
+    before_logp = old_logp
+    if measure_shift and old_logp is None:
+        before_logp = torch.zeros_like(data.mask, dtype=_logprob_dtype(model))
     ref_logp = record_logprobs(ref_model, cfg, data, mine, counts, "passes/reference") if ref_model is not None else None
     loss_fn = POLICY_LOSSES.get(cfg.algo.loss)
     loss_params = {}
@@ -247,6 +249,11 @@ def policy_update(
         for name in ("k1", "k3"):
             metrics[f"policy_shift/{name}"] = sums[f"policy_shift/{name}"] / max(float(data.mask.sum()), 1.0)
     return metrics
+
+
+def _logprob_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the head's log-probs: fp32, or fp64 for an fp64 model."""
+    return torch.promote_types(next(model.parameters()).dtype, torch.float32)
 
 
 def _grad_norm(model: PreTrainedModel, clip: float) -> float:
