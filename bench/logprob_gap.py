@@ -16,12 +16,12 @@ import time
 
 import torch
 
+from opo.config import TaskConfig
 from opo.evaluate import encode
 from opo.logprobs import PromptBatch, completion_logprobs
 from opo.models import load_model, stop_token_ids
 from opo.rollout.hf import HFEngine
 from opo.tasks import build_task
-from opo.config import TaskConfig
 from opo.update import autocast_context
 
 
