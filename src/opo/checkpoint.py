@@ -66,6 +66,7 @@ def save(
     """Write checkpoint ``step`` atomically under ``ckpt_root`` and prune to the last ``keep``;
     ``weights``: the model's full state dict where its own is sharded."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
+    remove_partial(ckpt_root)
     final = ckpt_root / f"step_{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:07d}.", dir=ckpt_root))
     try:
@@ -83,6 +84,14 @@ def save(
     for old in complete_checkpoints(ckpt_root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_partial(ckpt_root: Path) -> None:
+    """Delete the temporary directories of saves that were killed (up to 1.6 GB each for the
+    embedded model); only the run holding the run directory's lock writes here."""
+    if ckpt_root.is_dir():
+        for p in ckpt_root.glob(".step_*"):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def complete_checkpoints(ckpt_root: Path) -> list[Path]:

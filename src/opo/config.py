@@ -116,6 +116,7 @@ class TrainConfig:
     eval_k: list = doc([1], "k values of pass@k and maj@k when eval_n > 0")
     eval_temperature: float = doc(1.0, "sampling temperature of held-out evaluation when eval_n > 0")
     run_dir: str = doc("runs/{time}", "where metrics, checkpoints and the config go; {time} becomes a timestamp")
+    overwrite: bool = doc(False, "delete a previous run found in run_dir (its logs and checkpoints) instead of refusing to start; resuming needs checkpoint.resume=true instead")
     progress: bool = doc(True, "show a progress bar")
     fsdp: bool = doc(False, "under torchrun, shard weights, gradients and optimizer state across the processes with FSDP2 (fully_shard, one unit per decoder layer); sampling uses a full copy of the weights on each process")
     tensorboard: bool = doc(False, "also log metrics to TensorBoard under <run_dir>/tensorboard (needs the tensorboard package)")

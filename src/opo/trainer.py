@@ -11,6 +11,7 @@ Off-policy mini-batches/epochs, KL and entropy terms exist only for comparison, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -22,7 +23,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from opo import checkpoint
+from opo import checkpoint, rundir
 from opo.config import Config, ConfigError
 from opo.distributed import Dist, local_world_size, sampling_seed
 from opo.distributed import setup as setup_distributed
@@ -75,18 +76,22 @@ def train(cfg: Config) -> dict[str, Any]:
     """
     d = setup_distributed(cfg.train.fsdp)
     try:
-        return _train(cfg, d)
+        with contextlib.ExitStack() as held:  # the run directory's lock, released on any exit
+            return _train(cfg, d, held)
     finally:
         teardown_distributed(d)
 
 
-def _train(cfg: Config, d: Dist) -> dict[str, Any]:
+def _train(cfg: Config, d: Dist, held: contextlib.ExitStack) -> dict[str, Any]:
     started = time.time()
     say = print if d.main else _silent
     if cfg.rollout.prompts_per_step < d.world:
         raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be at least the number of "
                           f"processes ({d.world}): each process samples whole prompt groups")
     run_dir = run_dir_of(cfg, d)
+    if d.main:  # one lock per job; refuse to mix two runs in one directory
+        held.enter_context(rundir.RunDirLock(run_dir))
+        rundir.prepare(run_dir, cfg.checkpoint.resume, cfg.train.overwrite)
     ckpt_root = run_dir / "checkpoints"
     resume_from = checkpoint.latest(ckpt_root) if cfg.checkpoint.resume else None
     if cfg.checkpoint.resume and resume_from is None:
@@ -127,10 +132,10 @@ def _train(cfg: Config, d: Dist) -> dict[str, Any]:
                 f"resume: the checkpoint {resume_from} is at step {start_step} and train.steps={cfg.train.steps}: "
                 "nothing to train; raise train.steps to continue"
             )
-        if d.main:
-            for name in ("metrics.jsonl", "samples.jsonl"):
-                _truncate_log(run_dir / name, start_step)
         say(f"resume: continuing from {resume_from} (step {start_step})")
+    if cfg.checkpoint.resume and d.main:  # rows after the checkpoint (all, without one) will be written again
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            rundir.truncate_log(run_dir / name, start_step if resume_from is not None else -1)
     summary["data/skipped_rows"] = task.skipped_rows
     log = samples_log = None
     if d.main:
@@ -314,10 +319,3 @@ def _console_line(row: dict[str, Any]) -> str:
             f"entropy {row['entropy']:.3f}  len {row['length/mean']:.1f}  gnorm {row['grad_norm']:.3f}  "
             f"gen {row['time/generate']:.1f}s  train {row['time/train']:.1f}s"
             + (f"  eval_acc {row['eval/accuracy']:.3f}" if "eval/accuracy" in row else ""))
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log rows of steps after ``step``: they will be run again after a resume."""
-    if path.exists():
-        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(r + "\n" for r in rows))

@@ -1,0 +1,107 @@
+"""The run directory: one run at a time in it, never two runs mixed in it, logs cut back on resume.
+
+Every write that replaces a file goes through a temporary file in the same directory, fsynced and
+renamed, so a kill at any moment leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import IO, Optional
+
+from opo import checkpoint
+from opo.config import ConfigError
+
+LOCK = ".lock"
+# what a run writes; a directory holding any of these holds a run
+RUN_FILES = ("metrics.jsonl", "samples.jsonl", "config.yaml", "summary.json", "checkpoints", "tensorboard")
+
+
+class RunDirLock:
+    """An exclusive lock on a run directory for the life of a run (one per torchrun job: rank 0's).
+
+    ``flock`` locks belong to the open file, so the kernel releases them on any exit, SIGKILL
+    included. The file names the holder, for the message another run gets.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK
+        self._file: Optional[IO[str]] = None
+
+    def __enter__(self) -> "RunDirLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise ConfigError(f"train.run_dir {self.path.parent} is in use by another opo run ({holder}); wait for "
+                              "it to end, or choose another train.run_dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+def prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run where one already is (its checkpoints would be pruned by the new
+    run's, its logs appended to); with ``overwrite``, delete the old run first. Removes checkpoint
+    directories that a killed save left half-written. Call with the directory locked."""
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if found and not resume:
+        if not overwrite:
+            last = checkpoint.latest(run_dir / "checkpoints")
+            what = f"its last checkpoint is {last.name}" if last else "no complete checkpoint"
+            raise ConfigError(
+                f"train.run_dir {run_dir} already holds a run ({', '.join(found)}; {what}). Continue it with "
+                "checkpoint.resume=true, choose a new train.run_dir, or delete it with train.overwrite=true"
+            )
+        for name in found:
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+    checkpoint.remove_partial(run_dir / "checkpoints")
+
+
+def truncate_log(path: Path, last_step: int) -> None:
+    """Keep the rows of steps up to ``last_step`` (-1: none) of a JSONL log, atomically and one line
+    at a time. A line that is not a JSON object (what a power loss leaves at the end) is dropped
+    with a warning naming the file."""
+    if not path.exists():
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    dropped = 0
+    with open(path, encoding="utf-8", errors="replace") as src, open(tmp, "w", encoding="utf-8") as dst:
+        for line in src:
+            try:
+                row = json.loads(line)
+                step = row["step"]
+            except (ValueError, TypeError, KeyError):
+                dropped += bool(line.strip())
+                continue
+            if step <= last_step:
+                dst.write(line if line.endswith("\n") else line + "\n")
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(tmp, path)
+    if dropped:
+        print(f"opo: warning: {path}: dropped {dropped} unreadable line(s) (an interrupted write)", file=sys.stderr)

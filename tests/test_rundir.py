@@ -1,0 +1,63 @@
+"""The run directory: a new run never mixes with an old one, two runs never share one, a resume
+cuts the logs back atomically, and half-written checkpoints do not pile up."""
+
+import json
+import os
+
+import pytest
+
+from opo import rundir
+from opo.config import ConfigError, load_config
+from opo.trainer import train
+
+TINY = ["model.path=tiny", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=4",
+        "task.eval_size=2", "train.eval_max_new_tokens=4", "train.progress=false", "train.eval_before=false",
+        "checkpoint.every=1", "checkpoint.keep=2"]
+
+
+def run(path, *settings):
+    return train(load_config(None, [*TINY, f"train.run_dir={path}", *settings]))
+
+
+def steps(path, name="metrics.jsonl"):
+    return [json.loads(line)["step"] for line in (path / name).read_text().splitlines()]
+
+
+def test_a_new_run_into_an_old_runs_directory_is_refused_unless_overwritten(tmp_path):
+    run(tmp_path, "train.steps=3")
+    with pytest.raises(ConfigError, match=r"already holds a run .*step_0000003.*checkpoint.resume=true"):
+        run(tmp_path, "train.steps=1")
+    assert steps(tmp_path) == [1, 2, 3, 3]  # the old run is untouched (its last row: the final evaluation)
+    run(tmp_path, "train.steps=1", "train.overwrite=true")
+    assert steps(tmp_path) == [1, 1]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_0000001"]
+
+
+def test_a_second_run_on_a_locked_directory_is_refused_naming_the_holder(tmp_path):
+    with rundir.RunDirLock(tmp_path):  # held as a running job holds it (flock: per open file)
+        with pytest.raises(ConfigError, match=rf"in use by another opo run \(pid {os.getpid()} on "):
+            run(tmp_path, "train.steps=1", "checkpoint.resume=true")
+    run(tmp_path, "train.steps=1")  # released: the directory is free again
+
+
+def test_resume_without_a_checkpoint_starts_the_logs_afresh(tmp_path):
+    # what a kill before the first complete checkpoint leaves: logs, no checkpoint
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "eval/accuracy": 0.5}\n{"step": 1, "loss": 1.0}\n')
+    (tmp_path / "checkpoints" / ".step_0000001.abc").mkdir(parents=True)  # a killed save's temporary directory
+    run(tmp_path, "train.steps=2", "checkpoint.resume=true")
+    assert steps(tmp_path) == [1, 2, 2]
+    assert not list((tmp_path / "checkpoints").glob(".step_*"))
+
+
+def test_truncating_a_log_keeps_earlier_rows_drops_a_partial_line_and_is_atomic(tmp_path, capsys, monkeypatch):
+    log = tmp_path / "samples.jsonl"
+    rows = "".join(json.dumps({"step": s, "x": "y" * 50}) + "\n" for s in (0, 1, 2, 3))
+    log.write_text(rows + '{"step": 4, "x": "tru')  # a power loss mid-line
+    rundir.truncate_log(log, 2)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [0, 1, 2]
+    assert "samples.jsonl: dropped 1 unreadable line" in capsys.readouterr().err
+    before = log.read_text()
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))  # killed at the swap
+    with pytest.raises(KeyboardInterrupt):
+        rundir.truncate_log(log, 0)
+    assert log.read_text() == before  # the log is whole: the new one was only a temporary file
