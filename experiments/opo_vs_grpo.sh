@@ -24,7 +24,7 @@ for seed in ${SEEDS:-0 1}; do
       grpo) config=(configs/grpo_on_policy.yaml train.eval_before=false) ;;
       grpo_off) config=(configs/grpo_off_policy.yaml train.eval_before=false) ;;
     esac
-    .venv/bin/opo train "${config[@]}" "${COMMON[@]}" train.seed="$seed" run_dir="runs/compare/$name-s$seed" \
+    .venv/bin/opo train "${config[@]}" "${COMMON[@]}" train.seed="$seed" run_dir="runs/compare/$name-s$seed" train.overwrite=true \
       > "runs/compare/$name-s$seed.log" 2>&1
   done
 done

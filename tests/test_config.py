@@ -133,3 +133,8 @@ def test_opo_with_per_sequence_token_mean_warns_that_the_baseline_is_not_optimal
         warnings.simplefilter("error")
         load_config(None, ["algo.aggregation=seq-mean-token-sum"])
         load_config(None, ["algo.advantage=grpo", "algo.aggregation=seq-mean-token-mean"])
+
+
+def test_overwrite_and_resume_together_are_refused():
+    with pytest.raises(ConfigError, match="choose one"):
+        load_config(None, ["train.overwrite=true", "checkpoint.resume=true", "train.run_dir=x"])

@@ -132,8 +132,17 @@ def test_truncated_completions_get_the_configured_reward(rewards, tmp_path, sett
     assert row["length/truncated"] == 1.0 and row["reward/mean"] == expected
 
 
-def test_truncated_reward_defaults_to_zero_for_math_and_grading_for_reasoning_gym():
+def test_truncated_reward_defaults_to_zero_for_math_and_grading_for_reasoning_gym(rewards):
     assert load_config(None, ["task.name=gsm8k"]).truncated_reward() == 0.0
     assert load_config(None, []).truncated_reward() is None
+    # a user's reward function decides for itself (e.g. partial credit, length shaping)
+    assert load_config(None, ["task.name=gsm8k", f"task.reward_fn={rewards}:exact"]).truncated_reward() is None
     with pytest.raises(ConfigError, match="rollout.truncated_reward"):
         load_config(None, ["rollout.truncated_reward=half"])
+
+
+def test_a_reward_module_that_prints_at_import_still_grades(tmp_path):
+    path = tmp_path / "loud.py"
+    path.write_text('print("hello from import")\n\ndef f(completion, reference, metadata):\n    return 1.0\n')
+    with GraderPool(workers=2, timeout=30.0, fn=f"{path}:f") as pool:
+        assert [s.status for s in pool.map([["a", "1", {}], ["b", "1", {}], ["c", "1", {}]])] == ["ok"] * 3

@@ -70,7 +70,7 @@ class RolloutConfig:
     samples_per_prompt: int = doc(8, "completions sampled per prompt (K, the group size)")
     max_new_tokens: int = doc(24, "completion length limit; longer completions finish with reason 'length'")
     temperature: float = doc(1.0, "sampling temperature; the trainer scores the same tempered distribution")
-    truncated_reward: Optional[str] = doc(None, "reward of a completion cut off at max_new_tokens: 'grade' (graded like a finished one), 'zero', or a number; null: 'zero' for math tasks (gsm8k, math500, jsonl: a cut-off chain of thought has no final answer, and the last-number fallback would reward lucky fragments) and 'grade' for reasoning_gym (its prompts ask for the answer first)")
+    truncated_reward: Optional[str] = doc(None, "reward of a completion cut off at max_new_tokens: 'grade' (graded like a finished one), 'zero', or a number; null: 'zero' for math tasks (gsm8k, math500, jsonl: a cut-off chain of thought has no final answer, and the last-number fallback would reward lucky fragments), 'grade' for reasoning_gym (its prompts ask for the answer first) and wherever task.reward_fn is set (your function decides)")
     precision: str = doc("auto", "sampling: 'bf16' (a bf16 copy of the policy's body, refreshed after every optimizer step, with the policy's fp32 output layer), 'fp32' (the policy itself), or 'auto' (as model.precision)")
 
 
@@ -176,6 +176,9 @@ class Config:
         if self.rollout.truncated_reward not in (None, "grade", "zero") and not _finite(self.rollout.truncated_reward):
             raise ConfigError(f"rollout.truncated_reward must be 'grade', 'zero', a finite number or null, "
                               f"got {self.rollout.truncated_reward!r}")
+        if self.train.overwrite and self.checkpoint.resume:
+            raise ConfigError("train.overwrite=true deletes the run in train.run_dir and checkpoint.resume=true "
+                              "continues it: choose one")
         if self.algo.advantage in ("opo", "opo_batch") and self.algo.aggregation == "seq-mean-token-mean":
             warnings.warn(
                 f"algo.advantage={self.algo.advantage} with algo.aggregation=seq-mean-token-mean: OPO's length-weighted "
@@ -208,7 +211,7 @@ class Config:
         """The reward of a completion cut off at the length limit, or None to grade it as it is."""
         value = self.rollout.truncated_reward
         if value is None:
-            value = "grade" if self.task.name == "reasoning_gym" else "zero"
+            value = "grade" if self.task.name == "reasoning_gym" or self.task.reward_fn else "zero"
         return None if value == "grade" else 0.0 if value == "zero" else float(value)
 
     @property

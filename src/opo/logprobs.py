@@ -315,6 +315,8 @@ def completion_logprobs(
         hiddens.append(hidden[sel])
         targets.append(completions[rows, :w][sel])
         dest.append((rows.unsqueeze(1) * t + torch.arange(w).unsqueeze(0))[sel])  # flat (row, position)
+    if calls > min_decoder_calls > 0:  # decoder_calls disagrees with the loop above: FSDP would hang
+        raise RuntimeError(f"{calls} decoder calls where {min_decoder_calls} were agreed")
     fillers = []
     for _ in range(min_decoder_calls - calls):
         one = prompts.ids[:1, -1:]  # (1, 1)

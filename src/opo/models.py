@@ -195,7 +195,8 @@ def stop_token_ids(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> list
     makes every length equal and OPO's length-weighted baseline the plain mean."""
     ids: set[int] = set()
     generation = getattr(model, "generation_config", None)
-    for value in (tok.eos_token_id, model.config.eos_token_id, getattr(generation, "eos_token_id", None)):
+    declared = (tok.eos_token_id, getattr(model.config, "eos_token_id", None), getattr(generation, "eos_token_id", None))
+    for value in declared:
         if value is not None:
             ids.update([value] if isinstance(value, int) else value)
     return sorted(ids)

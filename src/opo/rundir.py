@@ -93,15 +93,15 @@ def truncate_log(path: Path, last_step: int) -> None:
     with open(path, encoding="utf-8", errors="replace") as src, open(tmp, "w", encoding="utf-8") as dst:
         for line in src:
             try:
-                row = json.loads(line)
-                step = row["step"]
+                keep = json.loads(line)["step"] <= last_step
             except (ValueError, TypeError, KeyError):
                 dropped += bool(line.strip())
                 continue
-            if step <= last_step:
+            if keep:
                 dst.write(line if line.endswith("\n") else line + "\n")
         dst.flush()
         os.fsync(dst.fileno())
     os.replace(tmp, path)
+    checkpoint.fsync_dir(path.parent)
     if dropped:
         print(f"opo: warning: {path}: dropped {dropped} unreadable line(s) (an interrupted write)", file=sys.stderr)

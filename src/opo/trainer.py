@@ -89,9 +89,16 @@ def _train(cfg: Config, d: Dist, held: contextlib.ExitStack) -> dict[str, Any]:
         raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be at least the number of "
                           f"processes ({d.world}): each process samples whole prompt groups")
     run_dir = run_dir_of(cfg, d)
+    refusal = None
     if d.main:  # one lock per job; refuse to mix two runs in one directory
-        held.enter_context(rundir.RunDirLock(run_dir))
-        rundir.prepare(run_dir, cfg.checkpoint.resume, cfg.train.overwrite)
+        try:
+            held.enter_context(rundir.RunDirLock(run_dir))
+            rundir.prepare(run_dir, cfg.checkpoint.resume, cfg.train.overwrite)
+        except ConfigError as e:
+            refusal = str(e)
+    refusal = d.broadcast(refusal)  # every process stops with rank 0's message, not at a later collective
+    if refusal:
+        raise ConfigError(refusal)
     ckpt_root = run_dir / "checkpoints"
     resume_from = checkpoint.latest(ckpt_root) if cfg.checkpoint.resume else None
     if cfg.checkpoint.resume and resume_from is None:
@@ -279,11 +286,10 @@ def rl_step(
     scored = d.gather(list(zip(batch.rollouts, texts, graded)))
     batch = RolloutBatch([r for r, _, _ in scored])
     texts, graded = [t for _, t, _ in scored], [g for _, _, g in scored]
-    rewards = torch.tensor([g.reward for g in graded])  # (N,)
     truncated = cfg.truncated_reward()  # a cut-off completion: None grades it as it is
-    if truncated is not None:
-        cut = torch.tensor([r.finish == "length" for r in batch.rollouts])  # (N,)
-        rewards = rewards.masked_fill(cut, truncated)
+    scores = [truncated if truncated is not None and r.finish == "length" else g.reward
+              for r, g in zip(batch.rollouts, graded)]
+    rewards = torch.tensor(scores)  # (N,)
 
     # 3. Advantages (registry, inside StepData.from_rollouts), 4. one on-policy update.
     t0 = time.time()
@@ -308,9 +314,8 @@ def rl_step(
         "tokens/generated": gen_tokens, "tokens/trained": trained_tokens,
         "tokens/generate_per_s": gen_tokens / t_gen, "tokens/train_per_s": trained_tokens / t_train,
     }
-    samples = [{"group": r.group, "completion": text, "answer": g.answer, "reward": float(reward),
-                "status": g.status, "finish": r.finish} for text, r, g, reward in zip(texts, batch.rollouts, graded,
-                                                                                     rewards.tolist())]
+    samples = [{"group": r.group, "completion": text, "answer": g.answer, "reward": score, "status": g.status,
+                "finish": r.finish} for text, r, g, score in zip(texts, batch.rollouts, graded, scores)]
     return row, samples
 
 

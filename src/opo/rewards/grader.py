@@ -129,7 +129,7 @@ class Score:
 
 
 SYMBOLIC_EQUAL = "opo.rewards.grader:symbolic_equal"
-READY = "ready\n"  # a worker's first line: the function is loaded, calls may be timed
+READY = "ready\n"  # a worker's first line: the function is loaded; only then does it get a call
 STARTUP_TIMEOUT = 120.0  # seconds a worker may take to load its function
 
 
@@ -150,19 +150,18 @@ class GraderPool:
         self.fn = fn
         self._procs: list[Optional[subprocess.Popen]] = [None] * workers
         self._reported: set[str] = set()
+        # workers that have not yet said READY: a call's deadline starts with that line, so start-up
+        # (Python and the function's imports, seconds on a busy machine) never counts against it
+        self._starting: set[int] = set()
 
-    def _start(self, i: int) -> Optional[subprocess.Popen]:
-        """A new worker, once it has loaded the function (None if it could not). Its start-up (Python
-        and the function's imports, seconds on a busy machine) must not count against a call's deadline."""
+    def _start(self, i: int) -> subprocess.Popen:
         proc = subprocess.Popen(
             [sys.executable, "-m", "opo.rewards.grader_worker", self.fn],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
         )
         self._procs[i] = proc
-        if wait([proc.stdout], timeout=STARTUP_TIMEOUT) and proc.stdout.readline() == READY:
-            return proc
-        self._kill(i)
-        return None
+        self._starting.add(i)
+        return proc
 
     def _kill(self, i: int) -> None:
         proc = self._procs[i]
@@ -171,6 +170,18 @@ class GraderPool:
         for stream in (proc.stdin, proc.stdout):
             stream.close()
         self._procs[i] = None
+        self._starting.discard(i)
+
+    def _send(self, i: int, args: list) -> bool:
+        """Write one call to worker ``i``; False (and the worker gone) if it has died."""
+        try:
+            self._procs[i].stdin.write(json.dumps(args, default=str) + "\n")
+            self._procs[i].stdin.flush()
+            return True
+        except OSError:  # e.g. its function could not be loaded
+            self._report("error", "worker exited before it was called")
+            self._kill(i)
+            return False
 
     def _report(self, status: str, detail: str) -> None:
         if status not in self._reported:
@@ -185,21 +196,15 @@ class GraderPool:
         while queue or busy:
             for w in range(len(self._procs)):
                 if w not in busy and queue:
-                    proc = self._procs[w] or self._start(w)
+                    if self._procs[w] is None:
+                        self._start(w)
                     idx = queue.pop(0)
-                    if proc is None:
+                    if w in self._starting:  # the call goes out when the worker says READY
+                        busy[w] = (idx, time.monotonic() + STARTUP_TIMEOUT)
+                    elif self._send(w, calls[idx]):
+                        busy[w] = (idx, time.monotonic() + self.timeout)
+                    else:
                         out[idx] = Score(0.0, "error")
-                        self._report("error", f"worker did not start within {STARTUP_TIMEOUT:g} s or exited")
-                        continue
-                    try:
-                        proc.stdin.write(json.dumps(calls[idx], default=str) + "\n")
-                        proc.stdin.flush()
-                    except OSError:  # the worker already died (e.g. its function could not be loaded)
-                        out[idx] = Score(0.0, "error")
-                        self._report("error", "worker exited before it was called")
-                        self._kill(w)
-                        continue
-                    busy[w] = (idx, time.monotonic() + self.timeout)
             if not busy:
                 continue
             streams = {self._procs[w].stdout: w for w in busy}
@@ -207,6 +212,12 @@ class GraderPool:
             for stream in wait(list(streams), timeout=max(0.0, next_deadline - time.monotonic())):
                 w = streams[stream]
                 line = stream.readline()
+                if line == READY and w in self._starting:  # loaded: send the call, its deadline starts now
+                    self._starting.discard(w)
+                    if self._send(w, calls[busy[w][0]]):
+                        busy[w] = (busy[w][0], time.monotonic() + self.timeout)
+                        continue
+                    out[busy[w][0]] = Score(0.0, "error")
                 if line:
                     value, status, detail = json.loads(line)
                     out[busy[w][0]] = Score(value, status)
@@ -219,7 +230,12 @@ class GraderPool:
                 del busy[w]
             now = time.monotonic()
             for w, (idx, deadline) in list(busy.items()):
-                if now >= deadline:
+                if now >= deadline and w in self._starting:
+                    out[idx] = Score(0.0, "error")
+                    self._report("error", f"worker did not load the function within {STARTUP_TIMEOUT:g} s")
+                    self._kill(w)
+                    del busy[w]
+                elif now >= deadline:
                     out[idx] = Score(0.0, "timeout")
                     self._report("timeout", f"did not return within {self.timeout:g} s; its worker was replaced")
                     self._kill(w)

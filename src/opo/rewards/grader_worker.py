@@ -33,11 +33,12 @@ def call(fn: Callable, args: list) -> list:
 
 
 def main() -> None:
-    fn = load_function(sys.argv[1])
-    # The protocol owns the real stdout; whatever the function prints (Python or C) goes to stderr.
+    # The protocol owns the real stdout; whatever the function prints (Python or C), also while its
+    # module is imported, goes to stderr.
     protocol = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    fn = load_function(sys.argv[1])
     # math-verify warns that its own (signal) timeouts are off: the pool's hard deadline replaces them.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     protocol.write(READY)  # deadlines start now, not while Python and the function's imports load

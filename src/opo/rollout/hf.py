@@ -36,6 +36,7 @@ class HFEngine:
         stop_ids: list[int],
         pad_id: int,
         precision: str = "fp32",
+        *,
         seed: int = 0,
         separate: bool = False,
     ) -> None:
