@@ -269,6 +269,13 @@ def decoder_calls(mask: torch.Tensor, bucket_tokens: int = 2048) -> int:
     return 1 + sum(int(lengths[b[0]]) > 1 for b in length_buckets(lengths, bucket_tokens))
 
 
+def _filler_call(model: PreTrainedModel, token: torch.Tensor) -> torch.Tensor:
+    """One decoder call on ``token`` ``(1, 1)`` whose result (0, in the graph) only keeps FSDP's
+    gathers paired across processes."""
+    out, _ = run_decoder(model, token, torch.ones_like(token), torch.zeros_like(token), DynamicCache(config=model.config))
+    return 0.0 * out.sum()
+
+
 def completion_logprobs(
     model: PreTrainedModel,
     prompts: PromptBatch,
@@ -317,11 +324,7 @@ def completion_logprobs(
         dest.append((rows.unsqueeze(1) * t + torch.arange(w).unsqueeze(0))[sel])  # flat (row, position)
     if calls > min_decoder_calls > 0:  # decoder_calls disagrees with the loop above: FSDP would hang
         raise RuntimeError(f"{calls} decoder calls where {min_decoder_calls} were agreed")
-    fillers = []
-    for _ in range(min_decoder_calls - calls):
-        one = prompts.ids[:1, -1:]  # (1, 1)
-        out, _ = run_decoder(model, one, torch.ones_like(one), torch.zeros_like(one), DynamicCache(config=model.config))
-        fillers.append(0.0 * out.sum())
+    fillers = [_filler_call(model, prompts.ids[:1, -1:]) for _ in range(min_decoder_calls - calls)]
     if not hiddens:
         zeros = torch.zeros((n, t))
         return zeros, zeros

@@ -89,16 +89,7 @@ def _train(cfg: Config, d: Dist, held: contextlib.ExitStack) -> dict[str, Any]:
         raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be at least the number of "
                           f"processes ({d.world}): each process samples whole prompt groups")
     run_dir = run_dir_of(cfg, d)
-    refusal = None
-    if d.main:  # one lock per job; refuse to mix two runs in one directory
-        try:
-            held.enter_context(rundir.RunDirLock(run_dir))
-            rundir.prepare(run_dir, cfg.checkpoint.resume, cfg.train.overwrite)
-        except ConfigError as e:
-            refusal = str(e)
-    refusal = d.broadcast(refusal)  # every process stops with rank 0's message, not at a later collective
-    if refusal:
-        raise ConfigError(refusal)
+    _claim(run_dir, cfg, d, held)
     ckpt_root = run_dir / "checkpoints"
     resume_from = checkpoint.latest(ckpt_root) if cfg.checkpoint.resume else None
     if cfg.checkpoint.resume and resume_from is None:
@@ -244,6 +235,21 @@ def _train(cfg: Config, d: Dist, held: contextlib.ExitStack) -> dict[str, Any]:
     print(f"wall time {summary['wall_time_s'] / 60:.1f} min; run directory {run_dir}")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _claim(run_dir: Path, cfg: Config, d: Dist, held: contextlib.ExitStack) -> None:
+    """Lock ``run_dir`` for the run (rank 0, one lock per job) and refuse to mix two runs in it; a
+    refusal stops every process with rank 0's message, not at a later collective."""
+    refusal = None
+    if d.main:
+        try:
+            held.enter_context(rundir.RunDirLock(run_dir))
+            rundir.prepare(run_dir, cfg.checkpoint.resume, cfg.train.overwrite)
+        except ConfigError as e:
+            refusal = str(e)
+    refusal = d.broadcast(refusal)
+    if refusal:
+        raise ConfigError(refusal)
 
 
 def _silent(*args: Any, **kwargs: Any) -> None:
