@@ -209,3 +209,115 @@ def test_a_generated_prompt_longer_than_the_context_names_the_task_and_example(t
     t.train_example(2)
     with pytest.raises(ValueError, match=r"task 'chain_sum' \(reasoning_gym\), training example 3: too long"):
         t.train_example(3)
+
+
+# --- held-out questions are never trained on, by content, for every task type (issue 15) ---
+
+FILE_TASKS = {  # name -> (question field, answer as written in the file)
+    "jsonl": ("q", lambda n: str(n)),
+    "gsm8k": ("question", lambda n: f"so #### {n}"),
+    "math500": ("problem", lambda n: str(n)),
+}
+
+
+def file_task(tmp_path, name, questions, **kw):
+    field, answer = FILE_TASKS[name]
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(json.dumps({field: q, "answer": answer(i), "a": answer(i)}) for i, q in enumerate(questions)))
+    args = dict(name=name, path=str(p), question_field=field if name == "jsonl" else None,
+                answer_field="a" if name == "jsonl" else None, answer_format=None, prompt_template="{question}",
+                system_prompt=None, extractor=None, eval_size=2)
+    args.update(kw)
+    return MathTask(**args)
+
+
+@pytest.mark.parametrize("name", FILE_TASKS)
+def test_a_file_row_repeating_a_held_out_question_is_never_trained_on(tmp_path, name):
+    # rows 1-2 are held out; row 4 repeats row 1's question (other spacing), row 6 row 2's exactly
+    t = file_task(tmp_path, name, ["What is 1+1?", "What is 2+2?", "What is 3+3?", "What  is 1+1? ", "What is 4+4?",
+                                   "What is 2+2?"])
+    held = [e.messages[-1]["content"] for e in t.eval_examples()]
+    trained = {t.train_example(i).messages[-1]["content"] for i in range(10)}
+    assert held == ["What is 1+1?", "What is 2+2?"]
+    assert trained == {"What is 3+3?", "What is 4+4?"}
+    assert t.held_out_repeats == 2 and t.skipped_rows == 0
+
+
+def test_exclude_eval_false_trains_on_every_row_after_the_held_out_ones(tmp_path):
+    t = file_task(tmp_path, "jsonl", ["a", "b", "c", "a"], exclude_eval=False)
+    assert {t.train_example(i).messages[-1]["content"] for i in range(4)} == {"c", "a"} and t.held_out_repeats == 0
+
+
+def test_a_repeated_held_out_question_is_counted_with_a_warning(tmp_path, capsys):
+    t = file_task(tmp_path, "jsonl", ["a", "b", "c", "a", "b b", "b"])
+    assert t.held_out_repeats == 2
+    err = capsys.readouterr().err
+    assert "d.jsonl: 2 training rows repeat a held-out question" in err and "d.jsonl:4" in err and "d.jsonl:6" in err
+
+
+def test_generated_training_skips_held_out_questions_by_content_and_counts_them():
+    t = task(eval_size=150)  # 150 of the generator's 200 distinct questions are held out
+    held = {" ".join(e.messages[-1]["content"].split()) for e in t.eval_examples()}
+    trained = [" ".join(t.train_example(i).messages[-1]["content"].split()) for i in range(100)]
+    assert not set(trained) & held
+    assert t.held_out_repeats > 100  # most generated items repeat a held-out question and were passed over
+    assert task(eval_size=150, exclude_eval=False).held_out_repeats == 0
+
+
+# --- prompt templates: only {question} is substituted, everything else is verbatim (issue 15) ---
+
+BRACED_TEMPLATE = "Put the answer in \\boxed{}. {0} {x} {{}} {question}"
+BRACED_QUESTION = "Solve {x} + {0} = {question} }{"
+
+
+def test_a_file_prompt_template_with_other_braces_and_a_question_with_braces(tmp_path):
+    t = file_task(tmp_path, "jsonl", [BRACED_QUESTION, "b", "c"], prompt_template=BRACED_TEMPLATE, eval_size=1)
+    (ex,) = t.eval_examples()
+    assert ex.messages[-1]["content"] == "Put the answer in \\boxed{}. {0} {x} {{}} " + BRACED_QUESTION
+    assert t.train_example(0).messages[-1]["content"] == "Put the answer in \\boxed{}. {0} {x} {{}} b"
+    default = math_task(tmp_path, ['{"q": "x {y}", "a": "1"}']).eval_examples()[0].messages[-1]["content"]
+    assert default == "x {y}\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+
+def test_a_generated_prompt_template_with_other_braces():
+    t = task(prompt_template=BRACED_TEMPLATE, eval_size=5)
+    item = t._eval_items[0]
+    assert t.eval_examples()[0].messages[-1]["content"] == "Put the answer in \\boxed{}. {0} {x} {{}} " + item["question"]
+    assert t.train_example(0).messages[-1]["content"].startswith("Put the answer in \\boxed{}. {0} {x} {{}} State")
+
+
+# --- a held-out split that leaves nothing to train on fails before any model loads (issue 15) ---
+
+@pytest.mark.parametrize("eval_size, questions, message", [
+    (5, ["a", "b", "c"], "task.eval_size=5 takes every one of the 3 usable rows of .*d.jsonl: nothing is left for "
+                         "training; lower task.eval_size"),
+    (3, ["a", "b", "c"], "task.eval_size=3 takes every one of the 3 usable rows"),
+    (0, ["a", "b", "c"], r"task.eval_size=0 \(all rows\) takes every one of the 3 usable rows"),
+    (2, ["a", "b", "a", " b"], "task.eval_size=2 holds out 2 of the 4 usable rows of .*d.jsonl and the other 2 repeat "
+                               "held-out questions: nothing is left for training"),
+])
+def test_a_held_out_split_leaving_nothing_to_train_on_fails_at_construction(tmp_path, eval_size, questions, message):
+    with pytest.raises(ValueError, match=message):
+        file_task(tmp_path, "jsonl", questions, eval_size=eval_size, for_training=True)
+    # evaluation alone (opo eval) may hold out every row; asking it for training data says the same
+    t = file_task(tmp_path, "jsonl", questions, eval_size=eval_size)
+    assert len(t.eval_examples()) == min(eval_size or 99, len(questions))
+    with pytest.raises(ValueError, match=message):
+        t.train_example(0)
+
+
+def test_dropping_long_prompts_that_leaves_nothing_to_train_on_names_the_numbers(tmp_path):
+    t = math_task(tmp_path, [GOOD, LONG, LONG], eval_size=1, skip_bad_rows=True, for_training=True)
+    with pytest.raises(ValueError, match=r"task.eval_size=1 takes every one of the 1 usable row of .*d.jsonl "
+                                         r"\(2 more skipped\): nothing is left for training; add rows"):
+        t.limit_prompts(lambda ex: "too long" if len(ex.messages[-1]["content"]) > 1000 else None)
+
+
+def test_a_generator_whose_every_question_is_held_out_fails_at_construction():
+    with pytest.raises(ValueError, match=r"task.eval_size=200 holds out every question .*'chain_sum'.*nothing is left "
+                                         "for training; lower task.eval_size"):
+        task(eval_size=200, for_training=True)
+    t = task(eval_size=200)  # evaluation alone is fine
+    assert len(t.eval_examples()) == 200
+    with pytest.raises(ValueError, match="task.eval_size=200 holds out every question"):
+        t.train_example(0)

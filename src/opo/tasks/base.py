@@ -26,11 +26,26 @@ class Graded:
     status: str
 
 
+def question_key(question: str) -> str:
+    """What makes two questions the same one: their text with runs of whitespace made one space."""
+    return " ".join(question.split())
+
+
+def prompt_messages(system_prompt: Optional[str], template: str, question: str) -> list[dict[str, str]]:
+    """The chat messages of one problem: the system prompt, if any, and ``template`` with each
+    ``{question}`` replaced by ``question`` verbatim. Nothing else in either is interpreted, so
+    ``\\boxed{}`` in a template and braces in a question stay as they are (no ``str.format``)."""
+    messages = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
+    messages.append({"role": "user", "content": template.replace("{question}", question)})
+    return messages
+
+
 class Task(Protocol):
     """A source of training and held-out examples plus a verifiable reward."""
 
     name: str
     skipped_rows: int  # data rows left out by task.skip_bad_rows (0 for generated tasks)
+    held_out_repeats: int  # training rows/items passed over because they repeat a held-out question
 
     def train_example(self, index: int) -> Example:
         """The ``index``-th training example (deterministic, so a run resumes at a data position)."""

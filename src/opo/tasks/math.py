@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from opo.rewards.grader import GraderPool, extract_answer, extract_gsm8k, grade_math
-from opo.tasks.base import Example, Graded
+from opo.tasks.base import Example, Graded, prompt_messages, question_key
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-MATH_PROMPT = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+MATH_PROMPT = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 
 @dataclass(frozen=True)
@@ -107,11 +107,15 @@ def warn_skipped(path: Path, reasons: list[str], shown: int = 5) -> None:
 
 
 class MathTask:
-    """Held-out set = the first ``eval_size`` rows (0: all); training cycles through the others.
+    """Held-out set = the first ``eval_size`` rows (0: all); training cycles through the others,
+    with ``exclude_eval`` passing over (and counting in ``held_out_repeats``, with a warning) any
+    row whose question repeats a held-out one (compared with whitespace runs as one space).
 
     With ``skip_bad_rows`` malformed rows (and, after :meth:`limit_prompts`, rows whose prompt does
     not fit the model) are left out with a warning and counted in ``skipped_rows``; otherwise the
-    first one raises ValueError naming file and line.
+    first one raises ValueError naming file and line. A split that leaves no row to train on raises
+    ValueError with the numbers: at construction with ``for_training`` (``opo train``), else when a
+    training example is asked for (``opo eval`` holds out every row with eval_size 0 and never trains).
     """
 
     def __init__(
@@ -128,6 +132,8 @@ class MathTask:
         grader_workers: int = 2,
         grader_timeout: float = 5.0,
         skip_bad_rows: bool = False,
+        exclude_eval: bool = True,
+        for_training: bool = False,
     ) -> None:
         preset = PRESETS.get(name, Preset("", "question", "answer", "plain"))
         self.name = name
@@ -144,27 +150,61 @@ class MathTask:
         self.system_prompt = system_prompt
         self.methods = EXTRACTION[extractor or "math"]
         self.eval_size = eval_size
+        self.exclude_eval = exclude_eval
+        self.for_training = for_training
+        self._split()
+        if self._repeats:
+            n = len(self._repeats)
+            shown = ", ".join(f"{self.path}:{r.line}" for r in self._repeats[:5]) + (" ..." if n > 5 else "")
+            print(f"opo: warning: {self.path}: {n} training row{'s' * (n > 1)} repeat{'s' * (n == 1)} a held-out "
+                  f"question and {'are' if n > 1 else 'is'} left out of training (task.exclude_eval): {shown}",
+                  file=sys.stderr)
+        if for_training:
+            self._check_trainable()
         self.pool = GraderPool(grader_workers, grader_timeout)
 
     @property
     def n_eval(self) -> int:
         return len(self.rows) if self.eval_size == 0 else min(self.eval_size, len(self.rows))
 
+    def _split(self) -> None:
+        """Held-out rows, training rows, and the rows left out of training for repeating a held-out question."""
+        self._eval_rows = self.rows[: self.n_eval]
+        held = {question_key(r.question) for r in self._eval_rows} if self.exclude_eval else set()
+        self._train_rows: list[Row] = []
+        self._repeats: list[Row] = []
+        for row in self.rows[self.n_eval :]:
+            (self._repeats if question_key(row.question) in held else self._train_rows).append(row)
+        self.held_out_repeats = len(self._repeats)
+
+    def _check_trainable(self) -> None:
+        """ValueError with the user's numbers when the held-out split leaves no row to train on."""
+        if self._train_rows:
+            return
+        total, size = len(self.rows), f"task.eval_size={self.eval_size}" + (" (all rows)" if self.eval_size == 0 else "")
+        rows = f"{total} usable row{'s' * (total != 1)} of {self.path}"
+        if self.skipped_rows:
+            rows += f" ({self.skipped_rows} more skipped)"
+        if self.n_eval < total:
+            raise ValueError(f"{size} holds out {self.n_eval} of the {rows} and the other {total - self.n_eval} "
+                             "repeat held-out questions: nothing is left for training; lower task.eval_size or add "
+                             "rows with new questions")
+        fix = "add rows to the file" if total < 2 else f"set task.eval_size below {total}" if self.eval_size == 0 \
+            else f"lower task.eval_size (below {total})"
+        raise ValueError(f"{size} takes every one of the {rows}: nothing is left for training; {fix}")
+
     def _example(self, row: Row) -> Example:
-        messages = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
-        messages.append({"role": "user", "content": self.prompt_template.format(question=row.question)})
+        messages = prompt_messages(self.system_prompt, self.prompt_template, row.question)
         meta: dict[str, Any] = {k: row.fields[k] for k in self.breakdown if k in row.fields}
         meta["row"] = row.fields  # for task.reward_fn; a dict, so evaluation never groups by it
         return Example(messages, row.reference, meta)
 
     def eval_examples(self) -> list[Example]:
-        return [self._example(r) for r in self.rows[: self.n_eval]]
+        return [self._example(r) for r in self._eval_rows]
 
     def train_example(self, index: int) -> Example:
-        train = self.rows[self.n_eval :]
-        if not train:
-            raise ValueError(f"task '{self.name}': every row is held out (task.eval_size={self.n_eval}); lower it")
-        return self._example(train[index % len(train)])
+        self._check_trainable()
+        return self._example(self._train_rows[index % len(self._train_rows)])
 
     def limit_prompts(self, problem: Callable[[Example], Optional[str]]) -> None:
         """Check every row's prompt once: ``problem`` says what is wrong with one, or None."""
@@ -184,6 +224,9 @@ class MathTask:
         warn_skipped(self.path, list(bad.values()))
         if not self.rows:
             raise ValueError(f"task data file '{self.path}': no row fits the model")
+        self._split()  # the held-out split is over the kept rows
+        if self.for_training:
+            self._check_trainable()
 
     def answer(self, completion: str) -> Optional[str]:
         return extract_answer(completion, self.methods)[0]

@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 import reasoning_gym
 
 from opo.rewards.extract import EXTRACTORS
-from opo.tasks.base import Example, Graded
+from opo.tasks.base import Example, Graded, prompt_messages, question_key
 
 
 class ReasoningGymTask:
@@ -16,8 +16,10 @@ class ReasoningGymTask:
 
     Training example ``i`` is item ``i`` of the generator seeded with ``seed``; the held-out set
     is the first ``eval_size`` distinct questions of the generator seeded with ``eval_seed``. With
-    ``exclude_eval=True`` training skips any question that also appears in the held-out set, so
-    held-out accuracy measures generalisation even when the problem space is small.
+    ``exclude_eval=True`` training skips (and counts in ``held_out_repeats``) any question that also
+    appears in the held-out set, compared with whitespace runs as one space, so held-out accuracy
+    measures generalisation even when the problem space is small. When every generated question is
+    held out, asking for a training example raises ValueError (with ``for_training``: at construction).
     """
 
     def __init__(
@@ -33,6 +35,7 @@ class ReasoningGymTask:
         exclude_eval: bool,
         binary_reward: bool,
         train_size: int = 1_000_000,
+        for_training: bool = False,
     ) -> None:
         self.name = generator
         self.prompt_template = prompt_template
@@ -45,27 +48,34 @@ class ReasoningGymTask:
         except (TypeError, ValueError, KeyError, AssertionError) as e:
             raise ValueError(f"task: cannot build reasoning-gym generator '{generator}' with {generator_args}: {e}") from e
         self._eval_items = _distinct(pool, eval_size, generator)
-        self._excluded = {e["question"] for e in self._eval_items} if exclude_eval else set()
+        self.eval_size = eval_size
+        self._excluded = {question_key(e["question"]) for e in self._eval_items} if exclude_eval else set()
         # Training indices skip excluded questions; map logical index -> generator index lazily.
         self._index: list[int] = []
         self._next_raw = 0
         self._problem: Optional[Callable[[Example], Optional[str]]] = None
         self.skipped_rows = 0  # generated problems have no rows to skip
+        self.held_out_repeats = 0  # generated items passed over so far for repeating a held-out question
+        if for_training:
+            self._raw_index(0)  # fails now, before a model loads, if nothing is left to train on
 
     def _raw_index(self, index: int) -> int:
         while len(self._index) <= index:
             if self._next_raw >= self._train.size:
                 raise ValueError(f"task '{self.name}': training stream exhausted after {len(self._index)} examples")
-            if self._train[self._next_raw]["question"] not in self._excluded:
+            if question_key(self._train[self._next_raw]["question"]) in self._excluded:
+                self.held_out_repeats += 1
+            else:
                 self._index.append(self._next_raw)
             self._next_raw += 1
-            if self._next_raw > 1000 and not self._index:
-                raise ValueError(f"task '{self.name}': every training question is in the held-out set")
+            if self._next_raw >= 1000 and not self._index:
+                raise ValueError(f"task.eval_size={self.eval_size} holds out every question that generator "
+                                 f"'{self.name}' produced in its first {self._next_raw} training items: nothing is "
+                                 "left for training; lower task.eval_size or widen task.generator_args")
         return self._index[index]
 
     def _example(self, item: dict[str, Any]) -> Example:
-        messages = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
-        messages.append({"role": "user", "content": self.prompt_template.format(question=item["question"])})
+        messages = prompt_messages(self.system_prompt, self.prompt_template, item["question"])
         return Example(messages, str(item["answer"]), {"entry": item})
 
     def train_example(self, index: int) -> Example:
@@ -119,7 +129,7 @@ def _distinct(pool: Any, size: int, name: str) -> list[dict[str, Any]]:
     seen: dict[str, dict[str, Any]] = {}
     for i in range(pool.size):
         item = pool[i]
-        seen.setdefault(item["question"], item)
+        seen.setdefault(question_key(item["question"]), item)
         if len(seen) == size:
             return list(seen.values())
     raise ValueError(f"task '{name}': only {len(seen)} distinct held-out questions exist; lower task.eval_size")

@@ -32,6 +32,10 @@ class UserRewardTask:
     def skipped_rows(self) -> int:
         return self.task.skipped_rows
 
+    @property
+    def held_out_repeats(self) -> int:
+        return self.task.held_out_repeats
+
     def limit_prompts(self, problem: Callable[[Example], Optional[str]]) -> None:
         self.task.limit_prompts(problem)
 
