@@ -2,6 +2,7 @@
 that raises, returns no finite number or hangs gives a defined reward and a status, never a crash."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -141,8 +142,53 @@ def test_truncated_reward_defaults_to_zero_for_math_and_grading_for_reasoning_gy
         load_config(None, ["rollout.truncated_reward=half"])
 
 
-def test_a_reward_module_that_prints_at_import_still_grades(tmp_path):
+def test_a_reward_module_that_prints_at_import_still_grades_and_the_print_reaches_the_user(tmp_path, capsys):
     path = tmp_path / "loud.py"
     path.write_text('print("hello from import")\n\ndef f(completion, reference, metadata):\n    return 1.0\n')
-    with GraderPool(workers=2, timeout=30.0, fn=f"{path}:f") as pool:
+    with GraderPool(workers=2, timeout=30.0, fn=f"{path}:f", output="[reward_fn] ") as pool:
         assert [s.status for s in pool.map([["a", "1", {}], ["b", "1", {}], ["c", "1", {}]])] == ["ok"] * 3
+    assert capsys.readouterr().err.count("[reward_fn] hello from import\n") == 2  # once per worker
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "rewards.py"
+
+
+def test_what_a_reward_function_prints_reaches_the_user_prefixed(capsys):
+    cfg = load_config(None, ["task.eval_size=3", f"task.reward_fn={FIXTURES}:chatty", "task.grader_workers=2",
+                             "task.reward_timeout=2"])
+    task = build_task(cfg.task)
+    try:
+        ex = task.eval_examples()[0]
+        graded = task.grade(["first", "second", "hang", "third"], [ex] * 4)
+    finally:
+        task.close()
+    # a printed line that looks like a worker's answer is not taken for one
+    assert [(g.reward, g.status) for g in graded] == [(0.25, "ok"), (0.25, "ok"), (0.0, "timeout"), (0.25, "ok")]
+    err = capsys.readouterr().err
+    for completion in ("first", "second", "hang", "third"):  # also what a call printed before it hung
+        for channel in ("stdout", "stderr", "fd 1"):
+            assert f"[reward_fn] {channel}: grading {completion}\n" in err
+    assert err.count('[reward_fn] [1.0, "ok", ""]\n') == 4
+
+
+def test_the_math_grader_workers_stay_quiet(capsys):
+    with GraderPool(workers=1, timeout=30.0) as pool:
+        assert pool.map([["x^2", "x**2"]])[0].status == "ok"
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("value, shown", [("1e300", "1e+300"), ("-1e300", "-1e+300"), ("3.5e38", "3.5e+38"),
+                                          ("10**400", "about 10^400")])
+def test_a_reward_beyond_float32_is_an_error_naming_the_value(value, shown, capsys):
+    cfg = load_config(None, ["task.eval_size=3", f"task.reward_fn={FIXTURES}:huge", "task.grader_workers=1",
+                             "task.reward_on_error=-1"])
+    task = build_task(cfg.task)
+    try:
+        ex = task.eval_examples()[0]
+        big, in_range, plain = task.grade([value, "3e38", "x"], [ex] * 3)
+    finally:
+        task.close()
+    assert (big.reward, big.status, big.correct) == (-1.0, "error", False)
+    assert (in_range.reward, in_range.status) == (3e38, "ok") and (plain.reward, plain.status) == (0.5, "ok")
+    err = capsys.readouterr().err  # the first failure names the value and the cause
+    assert f"huge returned {shown}" in err and "beyond float32 range (3.4e38)" in err

@@ -14,11 +14,12 @@ import json
 import subprocess
 import sys
 import re
+import threading
 import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from multiprocessing.connection import wait
-from typing import Callable, Optional
+from typing import Callable, Optional, TextIO
 
 from opo.rewards.extract import THOUSANDS, drop_thousands_commas, last_number
 
@@ -131,6 +132,18 @@ class Score:
 SYMBOLIC_EQUAL = "opo.rewards.grader:symbolic_equal"
 READY = "ready\n"  # a worker's first line: the function is loaded; only then does it get a call
 STARTUP_TIMEOUT = 120.0  # seconds a worker may take to load its function
+FLOAT32_MAX = 3.4028234663852886e38  # rewards become float32 where advantages are computed
+
+
+def _forward(stream: TextIO, prefix: str) -> None:
+    """Copy a worker's stderr (all its function prints) to this process's stderr, each line
+    prefixed, until the worker exits."""
+    try:
+        for line in stream:
+            sys.stderr.write(prefix + line.rstrip("\n") + "\n")
+            sys.stderr.flush()
+    except (OSError, ValueError):  # our stderr or the pipe was closed: nothing left to show
+        pass
 
 
 class GraderPool:
@@ -140,15 +153,25 @@ class GraderPool:
     lines, so they work from any caller (no ``__main__`` guard, no fork of a threaded process).
     A worker that overruns ``timeout`` seconds is killed and replaced; its call gets status
     ``timeout``. A call that raises or returns no finite number, or whose worker dies, gets status
-    ``error``. ``fn`` is ``module:function`` or ``path/to/file.py:function``; its arguments must be
-    JSON-serialisable (anything else is sent as its ``str``). The first error and the first timeout
-    are reported on stderr with what went wrong; later ones are only counted by the caller.
+    ``error``, as does a result beyond float32's range (rewards become float32 where advantages are
+    computed, so 1e300 would turn into inf there). ``fn`` is ``module:function`` or
+    ``path/to/file.py:function``; its arguments must be JSON-serialisable (anything else is sent as
+    its ``str``). The first error and the first timeout are reported on stderr with what went wrong;
+    later ones are only counted by the caller.
+
+    What the function prints (stdout or stderr, from Python or C, at import or in a call) goes to
+    the worker's stderr, never to the protocol's pipe; with ``output`` set it is copied to this
+    process's stderr, each line starting with ``output`` (e.g. ``"[reward_fn] "``), by one thread
+    per worker; without it (the math checks: math-verify's own chatter) it is discarded.
     """
 
-    def __init__(self, workers: int = 2, timeout: float = 5.0, fn: str = SYMBOLIC_EQUAL) -> None:
+    def __init__(self, workers: int = 2, timeout: float = 5.0, fn: str = SYMBOLIC_EQUAL,
+                 output: Optional[str] = None) -> None:
         self.timeout = timeout
         self.fn = fn
+        self.output = output
         self._procs: list[Optional[subprocess.Popen]] = [None] * workers
+        self._forwarders: list[Optional[threading.Thread]] = [None] * workers
         self._reported: set[str] = set()
         # workers that have not yet said READY: a call's deadline starts with that line, so start-up
         # (Python and the function's imports, seconds on a busy machine) never counts against it
@@ -157,9 +180,15 @@ class GraderPool:
     def _start(self, i: int) -> subprocess.Popen:
         proc = subprocess.Popen(
             [sys.executable, "-m", "opo.rewards.grader_worker", self.fn],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL if self.output is None else subprocess.PIPE,
+            text=True, encoding="utf-8", errors="replace", bufsize=1,
         )
         self._procs[i] = proc
+        if self.output is not None:
+            self._forwarders[i] = threading.Thread(target=_forward, args=(proc.stderr, self.output), daemon=True,
+                                                   name=f"opo-grader-output-{i}")
+            self._forwarders[i].start()
         self._starting.add(i)
         return proc
 
@@ -169,6 +198,12 @@ class GraderPool:
         proc.wait()
         for stream in (proc.stdin, proc.stdout):
             stream.close()
+        forwarder = self._forwarders[i]
+        if forwarder is not None:  # what the worker printed before it died is shown before we go on
+            forwarder.join(timeout=2.0)  # longer only if a process the function started holds the pipe
+            if not forwarder.is_alive():
+                proc.stderr.close()
+            self._forwarders[i] = None
         self._procs[i] = None
         self._starting.discard(i)
 

@@ -2,7 +2,8 @@
 
 The function runs in :class:`opo.rewards.grader.GraderPool` worker processes, so a call that
 hangs is killed at its deadline and a crash stays in its worker; either way the sample gets
-``on_error`` as its reward and keeps its status (``error`` or ``timeout``) for the metrics.
+``on_error`` as its reward and keeps its status (``error`` or ``timeout``) for the metrics. What the
+function prints, at import or in a call, appears on stderr, each line starting with ``[reward_fn]``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ class UserRewardTask:
         self.task = task
         self.name = task.name
         self.on_error = on_error
-        self.pool = GraderPool(workers, timeout, fn)
+        # what the function prints reaches the user, marked as its own
+        self.pool = GraderPool(workers, timeout, fn, output="[reward_fn] ")
 
     def train_example(self, index: int) -> Example:
         return self.task.train_example(index)
