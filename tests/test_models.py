@@ -64,3 +64,94 @@ def test_generation_stops_on_every_eos_id_the_model_declares(tiny):
     assert set(stops) == {tok.eos_token_id, first.completion[0]}
     again = HFEngine(model, stops, tok.pad_token_id).generate([[1, 5]], [0], 1, 4, 0.0).rollouts[0]
     assert again.completion == first.completion[:1] and again.finish == "stop"
+
+
+# Issue 15: every failure to load names the path and the cause in one line (a ValueError).
+
+
+def _saved_model(model, tok, d):
+    """A complete model directory as save_pretrained writes it."""
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def _one_line_error(path, match):
+    with pytest.raises(ValueError, match=match) as err:
+        load_model(str(path))
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+def test_missing_and_empty_directories_are_named(tmp_path):
+    _one_line_error(tmp_path / "nope", "no such file or directory")
+    (tmp_path / "empty").mkdir()
+    _one_line_error(tmp_path / "empty", "is an empty directory")
+
+
+def test_a_run_directory_names_its_newest_checkpoint(tiny, tmp_path):
+    from opo import checkpoint
+
+    model, tok = tiny
+    run = tmp_path / "run"
+    for step in (2, 4):
+        checkpoint.save(run / "checkpoints", step, model, tok, {"step": step}, {}, keep=3)
+    newest = run / "checkpoints" / "step_0000004"
+    message = _one_line_error(run, "is an opo run directory, not a model: load its newest checkpoint")
+    assert message.endswith(f"model.path={newest}")
+    loaded, _ = load_model(str(newest))  # what the message says works
+    assert torch.equal(loaded.model.embed_tokens.weight, model.model.embed_tokens.weight)
+
+
+def test_a_config_json_that_is_not_json_is_named(tiny, tmp_path):
+    d = _saved_model(*tiny, tmp_path / "m")
+    (d / "config.json").write_text('{"model_type": "llama",')
+    _one_line_error(d, r"config.json is not valid JSON \(line 1 column")
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("hidden_size", 128, r"config.json does not match the weights' shapes: .* is \[.*\] in the weights but"),
+    ("num_hidden_layers", 3, r"config.json does not match the weights: 9 tensors missing from the weights"),
+    ("num_hidden_layers", 1, r"config.json does not match the weights: 9 tensors in the weights but not in the model"),
+])
+def test_a_config_json_that_does_not_describe_the_weights_is_an_error_not_random_weights(tiny, tmp_path, key, value,
+                                                                                         match):
+    d = _saved_model(*tiny, tmp_path / "m")
+    config = json.loads((d / "config.json").read_text())
+    config[key] = value
+    (d / "config.json").write_text(json.dumps(config))
+    _one_line_error(d, match)
+
+
+def test_truncated_weights_are_named(tiny, tmp_path):
+    d = _saved_model(*tiny, tmp_path / "m")
+    weights = d / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # a copy cut short
+    _one_line_error(d, rf"model.safetensors is truncated \({len(data) // 2} of {len(data)} bytes\)")
+
+
+def test_a_gguf_file_is_refused_saying_how_to_convert_it():
+    from opo.models import embedded_gguf_path
+
+    gguf = embedded_gguf_path()
+    _one_line_error(gguf, r"is a GGUF file, which opo reads only for its embedded model \(model.path=embedded\); "
+                          "convert it")
+
+
+def test_a_hub_id_without_network_fails_in_seconds():
+    import time
+
+    from huggingface_hub import constants
+
+    started = time.monotonic()
+    with pytest.raises(Exception) as err:
+        load_model("opo-test-nobody/no-such-model")
+    assert time.monotonic() - started < 20  # not a minute of retries
+    assert isinstance(err.value, ValueError) and "\n" not in str(err.value)
+    assert str(err.value).startswith("model.path 'opo-test-nobody/no-such-model'")
+    from opo.models import _hub_reachable
+
+    if not _hub_reachable(constants.ENDPOINT):  # this sandbox: no network to the hub
+        assert "not found locally" in str(err.value) and "no network" in str(err.value)

