@@ -2,7 +2,7 @@
 
 All runs train the embedded SmolLM2-135M-Instruct on the default task with the same settings and seed
 (no held-out evaluation, so only RL steps are timed). The single process uses the thread count
-`opo train` picks (`train.threads=0`: it times 1 thread against all cores); each of the P
+`opo train` picks (`run.threads=0`: it times 1 thread against all cores); each of the P
 processes gets its share of the cores (cores / P threads), as `opo train` gives it under
 torchrun. The configurations alternate, in a rotating order, for --rounds rounds; the first --warmup
 steps of each run are left out. Prints each one's median step time (rank 0's, with its generate /
@@ -31,8 +31,8 @@ PEAK = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=Tru
 
 def run(nproc: int, fsdp: bool, steps: int, settings: list[str]) -> tuple[list[dict], float]:
     run_dir = Path(tempfile.mkdtemp(prefix=f"bench_dist_{nproc}_"))
-    args = ["train", *settings, f"train.steps={steps}", f"train.run_dir={run_dir}", "train.eval_before=false",
-            "task.eval_size=1", "train.eval_max_new_tokens=1", "train.progress=false", "train.shift_every=0",
+    args = ["train", *settings, f"train.steps={steps}", f"run.dir={run_dir}", "train.eval_before=false",
+            "task.eval_size=1", "train.eval_max_new_tokens=1", "run.progress=false", "train.shift_every=0",
             f"train.fsdp={str(fsdp).lower()}"]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
                 "opo"] if nproc > 1 else [sys.executable, "-m", "opo"]

@@ -66,36 +66,27 @@ def opo_config(prompts: int, samples: int, tokens: int, overrides: tuple[str, ..
 
     return load_config(None, [
         f"rollout.prompts_per_step={prompts}", f"rollout.samples_per_prompt={samples}",
-        f"rollout.max_new_tokens={tokens}", f"optim.lr={LR}", "train.progress=false", *overrides,
+        f"rollout.max_new_tokens={tokens}", f"optim.lr={LR}", "run.progress=false", *overrides,
     ])
 
 
 def worker_opo(prompts: int, samples: int, tokens: int, steps: int, start: int, threads: int) -> dict:
-    import torch
-
-    from opo.models import load_model, stop_token_ids
-    from opo.rollout.hf import HFEngine
+    from opo.commands.train import rl_step
+    from opo.run import setup
     from opo.runtime import reuse_large_allocations
-    from opo.tasks import build_task
-    from opo.trainer import build_optimizer, configure_compute, rl_step
 
     reuse_large_allocations()  # what `opo train` does at start
-    cfg = opo_config(prompts, samples, tokens, (f"train.threads={threads}",))
-    configure_compute(cfg)
-    torch.manual_seed(0)
-    model, tok = load_model("embedded", attention=cfg.model.attention)
-    task = build_task(cfg.task)
-    engine = HFEngine(model, stop_token_ids(model, tok), tok.pad_token_id, cfg.rollout.precision, seed=0)
-    optimizer = build_optimizer(model, cfg)
-    shuffle = torch.Generator().manual_seed(1)
-    n_params = sum(p.numel() for p in model.parameters())
+    cfg = opo_config(prompts, samples, tokens, (f"run.threads={threads}",))
+    run = setup(cfg, max_new_tokens=tokens)
+    n_params = sum(p.numel() for p in run.model.parameters())
     rows, rss = [], []
     for i in range(steps):
-        row, _ = rl_step(cfg, model, tok, engine, task, optimizer, None, shuffle, start + i * prompts, i)
+        row, _ = rl_step(run, start + i * prompts, i)
         rows.append(row)
         rss.append(rss_mb())
+    run.close()
     return {"rows": rows, "rss": rss, "peak_rss_mb": peak_rss_mb(), "params": n_params,
-            "precision": cfg.model.precision}
+            "precision": run.compute.precision}
 
 
 def worker_trl(prompts: int, samples: int, tokens: int, steps: int, start: int, threads: int) -> dict:
@@ -157,7 +148,7 @@ def worker_generate(prompts: int, samples: int, tokens: int, steps: int, start: 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from opo.evaluate import encode
+    from opo.tasks import encode
     from opo.models import embedded_model_dir, load_model, stop_token_ids
     from opo.rollout.hf import HFEngine
     from opo.runtime import native_bf16, reuse_large_allocations

@@ -16,12 +16,10 @@ import time
 
 import torch
 
-from opo.config import TaskConfig
-from opo.evaluate import encode
+from opo.config import load_eval_config
 from opo.logprobs import PromptBatch, completion_logprobs
-from opo.models import load_model, stop_token_ids
-from opo.rollout.hf import HFEngine
-from opo.tasks import build_task
+from opo.run import setup
+from opo.tasks import encode
 from opo.update import autocast_context
 
 
@@ -33,14 +31,14 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    model, tok = load_model("embedded")
-    task = build_task(TaskConfig(name="gsm8k", eval_size=args.prompts))
-    prompts = encode(tok, task.eval_examples())
-    task.close()
-    engine = HFEngine(model, stop_token_ids(model, tok), tok.pad_token_id, args.precision, seed=0)
+    cfg = load_eval_config(None, ["task=gsm8k", f"limit={args.prompts}", f"run.threads={args.threads}",
+                                  f"run.precision={args.precision}"])
+    run = setup(cfg, max_new_tokens=args.tokens)
+    model, tok = run.model, run.tok
+    prompts = encode(tok, run.task.eval_examples())
+    run.close()
     t0 = time.time()
-    batch = engine.generate(prompts, list(range(len(prompts))), args.samples, args.tokens, 1.0)
+    batch = run.engine.generate(prompts, list(range(len(prompts))), args.samples, args.tokens, 1.0)
     t_gen = time.time() - t0
     plist, gi = batch.prompts()
     ids, mask, sampler = batch.completion_tensors(tok.pad_token_id)  # (N, T) each

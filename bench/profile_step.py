@@ -12,17 +12,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_step import SIZES, opo_config  # noqa: E402
 
-from opo import trainer  # noqa: E402
-from opo.models import load_model, stop_token_ids  # noqa: E402
-from opo.rollout.hf import HFEngine  # noqa: E402
+from opo.commands import train  # noqa: E402
+from opo.run import setup  # noqa: E402
 from opo.runtime import reuse_large_allocations  # noqa: E402
-from opo.tasks import build_task  # noqa: E402
 
 
 def main() -> None:
@@ -33,33 +30,29 @@ def main() -> None:
     args = ap.parse_args()
     reuse_large_allocations()  # as `opo train`
     cfg = opo_config(*SIZES[args.size], args.overrides)
-    print(trainer.configure_compute(cfg))
-    torch.manual_seed(0)
-    model, tok = load_model("embedded", attention=cfg.model.attention)
-    task = build_task(cfg.task)
-    engine = HFEngine(model, stop_token_ids(model, tok), tok.pad_token_id, cfg.rollout.precision, seed=0)
-    optimizer = trainer.build_optimizer(model, cfg)
-    shuffle = torch.Generator().manual_seed(1)
+    run = setup(cfg, max_new_tokens=cfg.rollout.max_new_tokens)
+    print(run.compute.describe())
     P = cfg.rollout.prompts_per_step
-    trainer.rl_step(cfg, model, tok, engine, task, optimizer, None, shuffle, 0, 0)  # warm-up
+    train.rl_step(run, 0, 0)  # warm-up
 
-    generate, update = engine.generate, trainer.policy_update
+    generate, update = run.engine.generate, train.policy_update
     tables = {}
 
     def profiled(name, fn):
-        def run(*a, **k):
+        def wrapped(*a, **k):
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 out = fn(*a, **k)
             tables[name] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows)
             return out
-        return run
+        return wrapped
 
-    engine.generate = profiled("rollout", generate)
-    trainer.policy_update = profiled("update", update)
-    row, _ = trainer.rl_step(cfg, model, tok, engine, task, optimizer, None, shuffle, P, 1)
+    run.engine.generate = profiled("rollout", generate)
+    train.policy_update = profiled("update", update)
+    row, _ = train.rl_step(run, P, 1)
     print({k: round(v, 3) for k, v in row.items() if k.startswith(("time/", "tokens/"))})
     for name, table in tables.items():
         print(f"\n== {name} ==\n{table}")
+    run.close()
 
 
 if __name__ == "__main__":

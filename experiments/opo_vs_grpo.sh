@@ -14,8 +14,8 @@ if [ "${1:-}" = report ]; then
   .venv/bin/python experiments/table.py runs/compare/*/
   exit 0
 fi
-COMMON=(train.steps=20 rollout.prompts_per_step=4 train.shift_every=2 train.eval_n=4 train.eval_k=1,2,4 train.eval_temperature=1.0 train.progress=false
-        train.threads=1)
+COMMON=(train.steps=20 rollout.prompts_per_step=4 train.shift_every=2 train.eval_n=4 train.eval_k=1,2,4 train.eval_temperature=1.0 run.progress=false
+        run.threads=1)
 mkdir -p runs/compare
 for seed in ${SEEDS:-0 1}; do
   for name in opo grpo grpo_off; do
@@ -24,7 +24,7 @@ for seed in ${SEEDS:-0 1}; do
       grpo) config=(configs/grpo_on_policy.yaml train.eval_before=false) ;;
       grpo_off) config=(configs/grpo_off_policy.yaml train.eval_before=false) ;;
     esac
-    .venv/bin/opo train "${config[@]}" "${COMMON[@]}" train.seed="$seed" run_dir="runs/compare/$name-s$seed" train.overwrite=true \
+    .venv/bin/opo train "${config[@]}" "${COMMON[@]}" run.seed="$seed" run_dir="runs/compare/$name-s$seed" train.overwrite=true \
       > "runs/compare/$name-s$seed.log" 2>&1
   done
 done

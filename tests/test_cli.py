@@ -9,8 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.e2e  # subprocesses: `pytest -m "not e2e"` skips them
+
 TINY = ["model.path=tiny", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=3", "rollout.max_new_tokens=6",
-        "task.eval_size=6", "train.eval_max_new_tokens=6", "train.progress=false", "train.deterministic=true",
+        "task.eval_size=6", "train.eval_max_new_tokens=6", "run.progress=false", "run.deterministic=true",
         "train.micro_batch_tokens=40", "optim.lr=1e-3"]
 REWARD = Path(__file__).parent / "fixtures" / "rewards.py"
 
@@ -91,7 +93,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
 
 def test_resume_needs_an_explicit_run_dir():
     proc = opo("train", *TINY, "resume=true", check=False)
-    assert proc.returncode == 2 and "explicit train.run_dir" in proc.stderr
+    assert proc.returncode == 2 and "explicit run.dir" in proc.stderr
 
 
 def test_eval_writes_table_summary_and_samples(tmp_path):
@@ -116,7 +118,7 @@ def test_eval_refuses_k_larger_than_n():
 def test_diagnose_reports_every_baseline_and_the_length_fit(tmp_path):
     out = tmp_path / "diag"
     proc = opo("diagnose", "model.path=tiny", "prompts=2", "samples=3", "max_new_tokens=5", "task.eval_size=6",
-               "model.precision=fp32", f"out_dir={out}")
+               "run.precision=fp32", f"out_dir={out}")
     for name in ("none", "group_mean", "grpo", "rloo", "opo", "optimal", "Pearson", "exact"):
         assert name in proc.stdout, name
     result = json.loads((out / "diagnose.json").read_text())

@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 import warnings
 
 import pytest
@@ -19,11 +20,11 @@ def test_defaults_validate_and_describe_every_key():
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, ["optim.lr=3e-6", "train.steps=5", "algo.advantage_params={gamma: 0.9}",
-                             "task.system_prompt=null", "resume=true", "run_dir=/tmp/x", "model.path=./m"])
+    cfg = load_config(None, ["optim.lr=3e-6", "train.steps=5", "algo.advantage=reinforce_pp",
+                             "algo.advantage_params={gamma: 0.9}", "task.system_prompt=null", "resume=true", "run_dir=/tmp/x", "model.path=./m"])
     assert cfg.optim.lr == 3e-6 and isinstance(cfg.optim.lr, float)
     assert cfg.train.steps == 5 and cfg.algo.advantage_params == {"gamma": 0.9}
-    assert cfg.task.system_prompt is None and cfg.checkpoint.resume and cfg.train.run_dir == "/tmp/x"
+    assert cfg.task.system_prompt is None and cfg.checkpoint.resume and cfg.run.dir == "/tmp/x"
 
 
 def test_yaml_file(tmp_path):
@@ -48,16 +49,49 @@ def test_yaml_file(tmp_path):
         ("rollout.temperature=0", "rollout.temperature must be > 0"),
         ("algo.mini_batches=3", "must divide rollout.prompts_per_step"),
         ("algo.ppo_epochs=2", "needs algo.loss=ppo_clip"),
-        ("algo.dual_clip=3", "dual_clip only acts off-policy"),
-        ("algo.clip_high=1.5", r"algo.clip_high must be in \[0, 1\)"),
+        ("algo.loss_params={clip: 1}", "does not fit algo.loss=pg, which takes: no parameters"),
+        ("algo.advantage_params={gamma: 0.9}", "does not fit algo.advantage=opo, which takes: no parameters"),
+        ("train.seed=1", "'train.seed' is now 'run.seed'"),
         ("task.prompt_template=hi", "must contain"),
-        ("model.precision=fp16", "model.precision='fp16' is not allowed"),
+        ("run.precision=fp16", "run.precision='fp16' is not allowed"),
+        ("model.precision=fp32", "'model.precision' is now 'run.precision'"),
         ("noequals", "not of the form key=value"),
     ],
 )
 def test_bad_values_are_refused_with_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("params, message", [
+    ("{dual_clip: 3}", "dual_clip only acts off-policy"),
+    ("{clip_high: 1.5}", r"cannot be used with algo.loss=ppo_clip: clip_low and clip_high must be in \[0, 1\)"),
+    ("{dual_clip: 0.5}", "dual_clip must be > 1"),
+    ("{clip: 0.2}", "does not fit algo.loss=ppo_clip, which takes: clip_low, clip_high, dual_clip"),
+])
+def test_loss_params_are_checked_by_the_loss_itself(params, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["algo.loss=ppo_clip", f"algo.loss_params={params}"])
+    cfg = load_config(None, ["algo.loss=ppo_clip", "algo.mini_batches=2", "algo.loss_params={clip_high: 0.28}"])
+    assert cfg.algo.loss_params == {"clip_high": 0.28}
+
+
+def test_text_values_mean_the_same_on_the_command_line_and_in_a_file(tmp_path):
+    """A prompt with ': ' or braces is text on the command line; in YAML it must be quoted, and an
+    unquoted one is refused with a message saying how to quote it, not a type error."""
+    template = "Solve: {question} Put it in \\boxed{}."
+    cfg = load_config(None, [f"task.prompt_template={template}", "run.dir=2026-11-26", "optim.lr=1e-5"])
+    p = tmp_path / "c.yaml"
+    p.write_text(f"task:\n  prompt_template: '{template}'\nrun:\n  dir: 2026-11-26\noptim:\n  lr: 1e-5\n")
+    from_file = load_config(str(p))
+    assert from_file.task.prompt_template == cfg.task.prompt_template == template
+    assert from_file.run.dir == cfg.run.dir == "2026-11-26" and from_file.optim.lr == cfg.optim.lr == 1e-5
+    p.write_text("task:\n  prompt_template: Solve: {question}\n")
+    with pytest.raises(ConfigError, match="must be quoted"):
+        load_config(str(p))
+    p.write_text("task:\n  prompt_template: {question}\n")
+    with pytest.raises(ConfigError, match="quote it"):
+        load_config(str(p))
 
 
 def test_bad_files(tmp_path):
@@ -137,4 +171,9 @@ def test_opo_with_per_sequence_token_mean_warns_that_the_baseline_is_not_optimal
 
 def test_overwrite_and_resume_together_are_refused():
     with pytest.raises(ConfigError, match="choose one"):
-        load_config(None, ["train.overwrite=true", "checkpoint.resume=true", "train.run_dir=x"])
+        load_config(None, ["train.overwrite=true", "checkpoint.resume=true", "run.dir=x"])
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")))
+def test_shipped_config_files_load(path):
+    load_config(path)

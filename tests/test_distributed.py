@@ -16,10 +16,12 @@ from safetensors.torch import load_file
 
 from opo.models import load_model
 
+pytestmark = pytest.mark.e2e  # subprocesses: `pytest -m "not e2e"` skips them
+
 FIXTURE = Path(__file__).parent / "fixtures" / "dist_step.py"
 REWARD = Path(__file__).parent / "fixtures" / "rewards.py"
 TINY = [f"task.reward_fn={REWARD}:varied", "model.path=tiny", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=3", "rollout.max_new_tokens=6",
-        "task.eval_size=6", "train.eval_max_new_tokens=6", "train.progress=false", "train.deterministic=true",
+        "task.eval_size=6", "train.eval_max_new_tokens=6", "run.progress=false", "run.deterministic=true",
         "train.eval_before=false", "optim.lr=1e-3", "train.micro_batch_tokens=64", "checkpoint.keep=5"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -72,7 +74,7 @@ def _weights(ckpt: Path) -> dict:
 
 def test_two_process_run_resumes_on_two_and_on_one_process(tmp_path):
     full = tmp_path / "full"
-    done = opo_train(2, *TINY, "train.steps=3", "checkpoint.every=1", f"train.run_dir={full}")
+    done = opo_train(2, *TINY, "train.steps=3", "checkpoint.every=1", f"run.dir={full}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "x 2 processes" in done.stdout and done.stdout.count("step    1") == 1  # rank 0 alone prints
     rows = [r for r in _rows(full) if "reward/mean" in r]
@@ -85,7 +87,7 @@ def test_two_process_run_resumes_on_two_and_on_one_process(tmp_path):
 
     for nproc in (2, 1):
         run = _resume_dir(tmp_path / f"resume{nproc}", full / "checkpoints" / "step_0000002")
-        res = opo_train(nproc, *TINY, "train.steps=3", "checkpoint.resume=true", f"train.run_dir={run}")
+        res = opo_train(nproc, *TINY, "train.steps=3", "checkpoint.resume=true", f"run.dir={run}")
         assert res.returncode == 0, res.stderr[-3000:]
         assert "continuing from" in res.stdout and (run / "checkpoints" / "step_0000003").is_dir()
         assert [r["step"] for r in _rows(run) if "reward/mean" in r] == [3]
@@ -97,7 +99,7 @@ def test_two_process_run_resumes_on_two_and_on_one_process(tmp_path):
 def test_fsdp_run_matches_the_replicated_run_and_resumes_on_one_process(tmp_path):
     replicated, sharded = tmp_path / "replicated", tmp_path / "sharded"
     for run, extra in ((replicated, []), (sharded, ["train.fsdp=true"])):
-        res = opo_train(2, *TINY, "train.steps=2", "checkpoint.every=1", f"train.run_dir={run}", *extra)
+        res = opo_train(2, *TINY, "train.steps=2", "checkpoint.every=1", f"run.dir={run}", *extra)
         assert res.returncode == 0, res.stderr[-3000:]
     # Step 1 starts from the same weights and samples the same tokens: FSDP's gathered checkpoint
     # equals the replicated one to float tolerance.
@@ -109,7 +111,7 @@ def test_fsdp_run_matches_the_replicated_run_and_resumes_on_one_process(tmp_path
     # continues it, and so do two with FSDP.
     for nproc, extra in ((1, []), (2, ["train.fsdp=true"])):
         run = _resume_dir(tmp_path / f"resume{nproc}", sharded / "checkpoints" / "step_0000001")
-        res = opo_train(nproc, *TINY, "train.steps=2", "checkpoint.resume=true", f"train.run_dir={run}", *extra)
+        res = opo_train(nproc, *TINY, "train.steps=2", "checkpoint.resume=true", f"run.dir={run}", *extra)
         assert res.returncode == 0, res.stderr[-3000:]
         assert [r["step"] for r in _rows(run) if "reward/mean" in r] == [2]
 
@@ -122,7 +124,7 @@ def _resume_dir(run: Path, ckpt: Path) -> Path:
 
 def test_killing_one_rank_stops_the_job_with_that_ranks_failure(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen(torchrun(2, "-m", "opo", "train", *TINY, "train.steps=200", f"train.run_dir={run}"),
+    proc = subprocess.Popen(torchrun(2, "-m", "opo", "train", *TINY, "train.steps=200", f"run.dir={run}"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     try:
         deadline = time.monotonic() + 240

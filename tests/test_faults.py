@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 from opo.algos.losses import POLICY_LOSSES, policy_gradient
 from opo.config import load_config
 from opo.errors import TrainingAborted
-from opo.trainer import train
+from opo.commands.train import train
 
 TINY = ["model.path=tiny", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=3", "rollout.max_new_tokens=6",
-        "task.eval_size=6", "train.eval_max_new_tokens=6", "train.progress=false", "train.deterministic=true",
+        "task.eval_size=6", "train.eval_max_new_tokens=6", "run.progress=false", "run.deterministic=true",
         "train.eval_before=false", "optim.lr=1e-3"]
 
 
@@ -49,6 +49,7 @@ def test_nan_loss_skips_steps_then_aborts_leaving_the_checkpoint_intact(tmp_path
     assert all(torch.isfinite(t).all() and torch.equal(t, w3[k]) for k, t in w2.items())
 
 
+@pytest.mark.e2e
 def test_sigterm_finishes_the_step_checkpoints_and_the_run_resumes(tmp_path):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "opo", "train", *TINY, "train.steps=400", f"run_dir={run}"]
@@ -70,6 +71,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_the_run_resumes(tmp_path):
     assert steps == list(range(1, stopped + 3)) + [stopped + 2]  # each step once, then the final evaluation
 
 
+@pytest.mark.e2e
 def test_sigkill_mid_run_resumes_from_the_last_complete_checkpoint(tmp_path):
     """SIGKILL at an arbitrary moment (checkpoints are written every step, so kills land in writes
     too); the resumed run logs each step once and matches an uninterrupted run."""

@@ -8,15 +8,15 @@ import pytest
 
 from opo import rundir
 from opo.config import ConfigError, load_config
-from opo.trainer import train
+from opo.commands.train import train
 
 TINY = ["model.path=tiny", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=4",
-        "task.eval_size=2", "train.eval_max_new_tokens=4", "train.progress=false", "train.eval_before=false",
+        "task.eval_size=2", "train.eval_max_new_tokens=4", "run.progress=false", "train.eval_before=false",
         "checkpoint.every=1", "checkpoint.keep=2"]
 
 
 def run(path, *settings):
-    return train(load_config(None, [*TINY, f"train.run_dir={path}", *settings]))
+    return train(load_config(None, [*TINY, f"run.dir={path}", *settings]))
 
 
 def steps(path, name="metrics.jsonl"):

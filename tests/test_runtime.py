@@ -34,22 +34,24 @@ def test_pick_threads_sets_the_count_it_returns():
         torch.set_num_threads(before)
 
 
-def test_configure_compute_resolves_auto_and_keeps_explicit_choices():
+def test_choose_compute_resolves_auto_and_keeps_explicit_choices():
     from opo.config import load_config
+    from opo.run import choose_compute
     from opo.runtime import resolve_precision
-    from opo.trainer import configure_compute
 
     before = torch.get_num_threads()
     try:
-        cfg = load_config(None, ["train.threads=1"])
-        assert "1 thread" in configure_compute(cfg)
-        assert cfg.model.precision == cfg.rollout.precision == resolve_precision("auto")
-        assert "1 thread" in configure_compute(load_config(None, ["train.deterministic=true"]))  # no timed choice
-        cfg = load_config(None, ["train.threads=1", "model.precision=bf16"])
-        configure_compute(cfg)
-        assert cfg.rollout.precision == "bf16"  # auto sampling follows the training precision
-        cfg = load_config(None, ["train.threads=1", "model.precision=bf16", "rollout.precision=fp32"])
-        configure_compute(cfg)
-        assert (cfg.model.precision, cfg.rollout.precision) == ("bf16", "fp32")
+        cfg = load_config(None, ["run.threads=1"])
+        compute = choose_compute(cfg.run, cfg.rollout.precision)
+        assert "1 thread" in compute.describe()
+        assert compute.precision == compute.sampling == resolve_precision("auto")
+        assert cfg.run.precision == "auto"  # the config keeps what the user asked for
+        cfg = load_config(None, ["run.deterministic=true"])
+        assert choose_compute(cfg.run).threads == 1  # no timed choice
+        cfg = load_config(None, ["run.threads=1", "run.precision=bf16"])
+        assert choose_compute(cfg.run, cfg.rollout.precision).sampling == "bf16"  # auto sampling follows training
+        cfg = load_config(None, ["run.threads=1", "run.precision=bf16", "rollout.precision=fp32"])
+        c = choose_compute(cfg.run, cfg.rollout.precision)
+        assert (c.precision, c.sampling) == ("bf16", "fp32")
     finally:
         torch.set_num_threads(before)

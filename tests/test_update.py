@@ -7,7 +7,7 @@ import torch
 from opo.algos.advantages import ADVANTAGES
 from opo.config import Config
 from opo.rollout.hf import HFEngine
-from opo.update import StepData, micro_batches, policy_update, record_logprobs
+from opo.update import Scoring, StepData, micro_batches, policy_update, record_logprobs
 
 
 def step_data(model, tok, n_prompts=4, k=3, temperature=1.0):
@@ -24,17 +24,26 @@ def step_data(model, tok, n_prompts=4, k=3, temperature=1.0):
 
 def cfg_for(**overrides):
     cfg = Config()
-    cfg.model.precision = "fp32"
+    cfg.run.precision = "fp32"
     cfg.optim.grad_clip = 0.0
     for k, v in overrides.items():
         cfg.set(k, v)
     return cfg.validate()
 
 
+def scoring_of(cfg):
+    return Scoring(cfg.rollout.temperature, cfg.run.precision, cfg.model.fp32_head, cfg.train.micro_batch_tokens)
+
+
+def update(model, optimizer, cfg, data, **kwargs):
+    """``policy_update`` with the arguments ``opo train`` derives from ``cfg``."""
+    return policy_update(model, optimizer, data, cfg.algo, scoring_of(cfg), cfg.optim.grad_clip, **kwargs)
+
+
 def sgd_delta(model, cfg, data):
     m = copy.deepcopy(model)
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
-    metrics = policy_update(m, torch.optim.SGD(m.parameters(), lr=1.0), cfg, data)
+    metrics = update(m, torch.optim.SGD(m.parameters(), lr=1.0), cfg, data)
     return {n: p.detach() - before[n] for n, p in m.named_parameters()}, metrics
 
 
@@ -115,7 +124,7 @@ def test_exact_on_policy_runs_one_forward_per_micro_batch_and_no_extra_pass(tiny
     m = copy.deepcopy(model)
     calls, handle = count_decoder_calls(m)
     cfg = cfg_for(**{"train.micro_batch_tokens": 40})
-    metrics = policy_update(m, torch.optim.SGD(m.parameters(), lr=0.0), cfg, data)
+    metrics = update(m, torch.optim.SGD(m.parameters(), lr=0.0), cfg, data)
     handle.remove()
     n_mb = len(micro_batches(data, list(range(4)), 40))
     assert n_mb > 1
@@ -132,12 +141,12 @@ def test_off_policy_records_old_logprobs_and_steps_per_mini_batch(tiny):
     m = copy.deepcopy(model)
     lr, clip_low, clip_high = 3.0, 0.2, 0.28
     cfg = cfg_for(**{"algo.loss": "ppo_clip", "algo.mini_batches": 2, "algo.ppo_epochs": 2, "train.micro_batch_tokens": 100000,
-                     "algo.clip_low": clip_low, "algo.clip_high": clip_high})
+                     "algo.loss_params": {"clip_low": clip_low, "clip_high": clip_high}})
     hand = copy.deepcopy(model).double()
     optimizer = torch.optim.SGD(m.parameters(), lr=lr)
     after_step = []
     optimizer.register_step_post_hook(lambda *_: after_step.append([p.detach().clone() for p in m.parameters()]))
-    metrics = policy_update(m, optimizer, cfg, data, generator=torch.Generator().manual_seed(0))
+    metrics = update(m, optimizer, cfg, data, generator=torch.Generator().manual_seed(0))
     assert metrics["passes/old_logprob"] == 1 and metrics["optimizer_steps"] == 4
 
     # The same steps by hand: per-sample plain forwards, ratio exp(logp - old), clipped surrogate
@@ -190,7 +199,7 @@ def test_float64_policy_updates_off_policy_and_measures_shift(tiny, overrides, s
     data = step_data(model, tok)
     m = copy.deepcopy(model).double()
     m.set_attn_implementation("sdpa")  # float64 eager attention gives NaN on left-padding rows
-    metrics = policy_update(m, torch.optim.SGD(m.parameters(), lr=1.0), cfg_for(**overrides), data,
+    metrics = update(m, torch.optim.SGD(m.parameters(), lr=1.0), cfg_for(**overrides), data,
                             generator=torch.Generator().manual_seed(0), measure_shift=shift)
     assert metrics["skipped_steps"] == 0
 
@@ -201,24 +210,24 @@ def test_nan_gradient_skips_the_optimizer_step(tiny):
     data.advantages[0, 0] = float("nan")
     m = copy.deepcopy(model)
     before = [p.detach().clone() for p in m.parameters()]
-    metrics = policy_update(m, torch.optim.SGD(m.parameters(), lr=1.0), cfg_for(), data)
+    metrics = update(m, torch.optim.SGD(m.parameters(), lr=1.0), cfg_for(), data)
     assert metrics["skipped_steps"] == 1 and metrics["optimizer_steps"] == 0
     assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
 
 
 def test_fused_adamw_matches_the_reference_implementation(tiny):
-    from opo.trainer import build_optimizer
+    from opo.run import build_optimizer
 
     model, tok = tiny
     data = step_data(model, tok)
     cfg = cfg_for(**{"optim.lr": 1e-3})
     fused = copy.deepcopy(model)
-    policy_update(fused, build_optimizer(fused, cfg), cfg, data)
+    update(fused, build_optimizer(fused, cfg.optim), cfg, data)
     plain = copy.deepcopy(model)
     o = cfg.optim
     reference = torch.optim.AdamW(plain.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                   weight_decay=o.weight_decay, foreach=False)
-    policy_update(plain, reference, cfg, data)
+    update(plain, reference, cfg, data)
     for a, b in zip(fused.parameters(), plain.parameters()):
         assert torch.allclose(a, b, atol=1e-7, rtol=0)
 
@@ -228,20 +237,20 @@ def test_policy_shift_is_zero_without_a_step_and_positive_with_one(tiny):
     data = step_data(model, tok)
     cfg = cfg_for(**{"train.micro_batch_tokens": 40})
     m0 = copy.deepcopy(model)
-    still = policy_update(m0, torch.optim.SGD(m0.parameters(), lr=0.0), cfg, data, measure_shift=True)
+    still = update(m0, torch.optim.SGD(m0.parameters(), lr=0.0), cfg, data, measure_shift=True)
     assert still["policy_shift/k1"] == 0.0 and still["policy_shift/k3"] == 0.0
     assert still["passes/policy_shift"] == still["passes/train_forward"]  # one no-grad pass per micro-batch
     m = copy.deepcopy(model)
-    moved = policy_update(m, torch.optim.SGD(m.parameters(), lr=10.0), cfg, data, measure_shift=True)
+    moved = update(m, torch.optim.SGD(m.parameters(), lr=10.0), cfg, data, measure_shift=True)
     assert moved["policy_shift/k3"] > 0
     # k3 equals a direct recomputation of KL(before || after) on the batch's tokens
-    before = record_logprobs(model, cfg, data, list(range(len(data.prompts))), Counter(), "x")
-    after = record_logprobs(m, cfg, data, list(range(len(data.prompts))), Counter(), "x")
+    before = record_logprobs(model, scoring_of(cfg), data, list(range(len(data.prompts))), Counter(), "x")
+    after = record_logprobs(m, scoring_of(cfg), data, list(range(len(data.prompts))), Counter(), "x")
     d = (after - before) * data.mask
     k3 = float(((torch.exp(d) - d - 1) * data.mask).sum() / data.mask.sum())
     assert abs(moved["policy_shift/k3"] - k3) < 1e-6 * max(1.0, k3)
     off = cfg_for(**{"algo.loss": "ppo_clip", "algo.mini_batches": 2, "train.micro_batch_tokens": 40})
     m2 = copy.deepcopy(model)
-    shifted = policy_update(m2, torch.optim.SGD(m2.parameters(), lr=10.0), off, data,
+    shifted = update(m2, torch.optim.SGD(m2.parameters(), lr=10.0), off, data,
                             generator=torch.Generator().manual_seed(0), measure_shift=True)
     assert shifted["policy_shift/k3"] > 0 and "passes/policy_shift" in shifted

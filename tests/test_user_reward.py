@@ -9,7 +9,7 @@ import pytest
 from opo.config import ConfigError, load_config
 from opo.rewards.grader import GraderPool
 from opo.tasks import UserRewardTask, build_task
-from opo.trainer import train
+from opo.commands.train import train
 
 REWARDS = '''
 import os, time
@@ -107,7 +107,7 @@ def test_a_failing_reward_is_counted_and_the_run_finishes(rewards, tmp_path):
     run = tmp_path / "run"
     cfg = load_config(None, [
         "model.path=tiny", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=3", "rollout.max_new_tokens=4",
-        "task.eval_size=2", "train.eval_max_new_tokens=4", "train.progress=false", "train.eval_before=false",
+        "task.eval_size=2", "train.eval_max_new_tokens=4", "run.progress=false", "train.eval_before=false",
         "train.steps=2", f"run_dir={run}", f"task.reward_fn={rewards}:explode", "task.reward_on_error=0.25"])
     train(cfg)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -125,7 +125,7 @@ def test_truncated_completions_get_the_configured_reward(rewards, tmp_path, sett
     cfg = load_config(None, ["model.path=tiny", f"task.reward_fn={rewards}:by_text", "rollout.max_new_tokens=3",
                              f"rollout.truncated_reward={setting}", "rollout.prompts_per_step=2",
                              "rollout.samples_per_prompt=2", "train.steps=1", "train.eval_before=false",
-                             "task.eval_size=2", "train.progress=false", f"train.run_dir={tmp_path / 'run'}"])
+                             "task.eval_size=2", "run.progress=false", f"run.dir={tmp_path / 'run'}"])
     train(cfg)
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])

@@ -81,40 +81,48 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     reuse_large_allocations()  # a process-wide choice, so the CLI (not the library) makes it
     try:
-        if ns.command == "report":
-            from opo.report import write_report
-
-            print(f"wrote {write_report(ns.runs, ns.out, ns.svg_dir)}")
-            return 0
-        config_path, overrides = _split_args(ns.settings)
-        if ns.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ConfigError(f"'opo {ns.command}' runs on one process; only 'opo train' runs under torchrun")
-        if ns.command == "train":
-            cfg = load_config(config_path, overrides)
-            from opo.trainer import train  # heavy imports only once the config is valid
-
-            summary = train(cfg)
-            if "stopped" in summary:  # stopped cleanly by a signal: the conventional 128 + signal number
-                return 128 + signal.Signals[summary["stopped"]].value
-        elif ns.command == "diagnose":
-            dcfg = load_diagnose_config(config_path, overrides)
-            from opo.diagnose_cli import run_diagnose
-
-            run_diagnose(dcfg)
-        else:
-            ecfg = load_eval_config(config_path, overrides)
-            from opo.eval_cli import run_eval
-
-            run_eval(ecfg)
+        return _dispatch(ns)
     except ConfigError as e:
         print(f"{_who()}: config error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:  # bad data files and similar input errors, already naming what is wrong
+    except ValueError as e:  # bad data files, models and similar input errors, already naming what is wrong
         print(f"{_who()}: error: {e}", file=sys.stderr)
         return 2
     except TrainingAborted as e:
         print(f"{_who()}: training aborted: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:  # outside the training loop (which stops after its step): nothing half-written
+        print(f"{_who()}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT.value
+
+
+def _dispatch(ns: argparse.Namespace) -> int:
+    """Run one command; heavy imports only once its config is valid."""
+    if ns.command == "report":
+        from opo.commands.report import run_report
+
+        run_report(ns.runs, ns.out, ns.svg_dir)
+        return 0
+    config_path, overrides = _split_args(ns.settings)
+    if ns.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"'opo {ns.command}' runs on one process; only 'opo train' runs under torchrun")
+    if ns.command == "train":
+        cfg = load_config(config_path, overrides)
+        from opo.commands.train import train
+
+        summary = train(cfg)
+        if "stopped" in summary:  # stopped cleanly by a signal: the conventional 128 + signal number
+            return 128 + signal.Signals[summary["stopped"]].value
+    elif ns.command == "diagnose":
+        dcfg = load_diagnose_config(config_path, overrides)
+        from opo.commands.diagnose import run_diagnose
+
+        run_diagnose(dcfg)
+    else:
+        ecfg = load_eval_config(config_path, overrides)
+        from opo.commands.eval import run_eval
+
+        run_eval(ecfg)
     return 0
 
 

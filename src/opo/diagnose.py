@@ -24,6 +24,7 @@ from contextlib import nullcontext
 from typing import Optional
 
 import torch
+from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from opo.algos.advantages import ADVANTAGES
@@ -83,12 +84,14 @@ def gradient_gram(
     precision: str = "fp32",
     sketch_dim: Optional[int] = None,
     seed: int = 0,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Inner products ``(N, N)`` of the responses' score-function gradients within each group.
 
     ``group_index`` ``(N,)`` gives each completion's prompt. Entries between different groups are
     NaN (never needed). ``sketch_dim`` None keeps each group's gradients exactly (fp64 inner
-    products); otherwise they are count-sketched to that many dimensions first.
+    products); otherwise they are count-sketched to that many dimensions first. ``progress``: a bar
+    with an ETA (on a terminal).
     """
     n = len(completions)
     gram = torch.full((n, n), float("nan"), dtype=torch.float64)
@@ -96,6 +99,7 @@ def gradient_gram(
     sketch = CountSketch(params, sketch_dim, seed) if sketch_dim else None
     n_params = sum(p.numel() for p in params)
     t0 = time.perf_counter()
+    bar = tqdm(total=n, desc="gradients", unit="response", dynamic_ncols=True, disable=None if progress else True)
     for g in torch.unique(group_index).tolist():
         rows = (group_index == g).nonzero().squeeze(-1).tolist()
         # filled in place: one (K, D) block (or (K, d) sketches), no second copy
@@ -107,8 +111,10 @@ def gradient_gram(
                 block[j] = sketch(grads)
             else:
                 torch.cat([x.reshape(-1) for x in grads], out=block[j])
+            bar.update()
         idx = torch.tensor(rows)
         gram[idx.unsqueeze(1), idx.unsqueeze(0)] = _gram(block)  # (K, K)
+    bar.close()
     seconds = time.perf_counter() - t0
     return gram, {"seconds": seconds, "seconds_per_response": seconds / max(n, 1),
                   "dims": float(sketch_dim or n_params)}

@@ -1,7 +1,8 @@
-"""Errors that end a command with a message instead of a traceback (the CLI maps them to exit codes).
+"""Errors that end a command with a message instead of a traceback (the CLI maps them to exit codes)."""
 
-``opo.config.ConfigError`` (bad settings, exit 2) lives beside the config it checks.
-"""
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be used (exit 2); the message names the key."""
 
 
 class TrainingAborted(RuntimeError):

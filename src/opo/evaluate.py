@@ -6,26 +6,16 @@ Used by ``opo eval`` and, periodically, by ``opo train``.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from tqdm import tqdm
 
 from opo.distributed import Dist
 from opo.metrics import majority_vote, max_ngram_count, ngram_repetition, pass_at_k
 from opo.rollout.base import Engine
 from opo.tasks.base import Example, Task
-
-
-def encode(tokenizer: Any, examples: list[Example]) -> list[list[int]]:
-    """Chat-template token ids of each example's prompt, ready for generation."""
-    out = []
-    for ex in examples:
-        ids = tokenizer.apply_chat_template(ex.messages, add_generation_prompt=True, tokenize=True)
-        out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
-    return out
-
-
-def decode(tokenizer: Any, completion: list[int]) -> str:
-    return tokenizer.decode(completion, skip_special_tokens=True)
+from opo.tasks.chat import decode, encode
 
 
 @dataclass
@@ -46,7 +36,7 @@ class Sample:
 
 def _generate(engine: Engine, tokenizer: Any, task: Task, examples: list[Example], prompts: list[list[int]],
               problems: range, n: int, temperature: float, max_new_tokens: int, batch_size: int, mode: str,
-              repetition: tuple[int, int]) -> list[Sample]:
+              repetition: tuple[int, int], done: Callable[[list[Sample]], None]) -> list[Sample]:
     rep_n, rep_min = repetition
     per_call = max(1, batch_size // n)  # problems per engine call
     out: list[Sample] = []
@@ -55,11 +45,14 @@ def _generate(engine: Engine, tokenizer: Any, task: Task, examples: list[Example
         batch = engine.generate([prompts[i] for i in idx], idx, n, max_new_tokens, temperature)
         texts = [decode(tokenizer, r.completion) for r in batch.rollouts]
         graded = task.grade(texts, [examples[r.group] for r in batch.rollouts])
+        new = []
         for r, text, g in zip(batch.rollouts, texts, graded):
             ex = examples[r.group]
-            out.append(Sample(r.group, mode, ex.messages[-1]["content"], text, g.answer, ex.reference, g.correct,
+            new.append(Sample(r.group, mode, ex.messages[-1]["content"], text, g.answer, ex.reference, g.correct,
                               g.status, r.finish, len(r.completion), ngram_repetition(r.completion, rep_n),
                               max_ngram_count(r.completion, rep_n) >= rep_min))
+        done(new)
+        out += new
     return out
 
 
@@ -76,10 +69,14 @@ def evaluate(
     batch_size: int = 64,
     repetition: tuple[int, int] = (4, 3),
     dist: Dist = Dist(),
+    on_samples: Optional[Callable[[list[Sample]], None]] = None,
+    progress: bool = False,
 ) -> tuple[dict[str, float], list[Sample]]:
     """Metrics (flat ``eval/...`` keys) and every sample; ``n`` sampled completions per problem;
     ``repetition`` is (n, min_count) of the n-gram repetition measures. Under torch.distributed each
-    process generates for its share of the problems and every process returns the whole result."""
+    process generates for its share of the problems and every process returns the whole result.
+    ``on_samples`` receives each graded batch as it is done; ``progress`` shows a bar with an ETA
+    (on a terminal)."""
     if n and temperature <= 0:
         raise ValueError(f"sampled evaluation (n={n}) needs temperature > 0, got {temperature}")
     for k in ks:
@@ -89,26 +86,39 @@ def evaluate(
     prompts = encode(tokenizer, examples)
     mine = dist.share(len(examples))
     samples: list[Sample] = []
-    if greedy:
-        samples += _generate(engine, tokenizer, task, examples, prompts, mine, 1, 0.0, max_new_tokens, batch_size,
-                             "greedy", repetition)
-    if n:
-        samples += _generate(engine, tokenizer, task, examples, prompts, mine, n, temperature, max_new_tokens,
-                             batch_size, "sampled", repetition)
+    with tqdm(total=len(mine) * (int(greedy) + n), desc="eval", unit="completion", dynamic_ncols=True,
+              disable=None if progress else True) as bar:
+        def done(new: list[Sample]) -> None:
+            bar.update(len(new))
+            if on_samples is not None:
+                on_samples(new)
+
+        if greedy:
+            samples += _generate(engine, tokenizer, task, examples, prompts, mine, 1, 0.0, max_new_tokens, batch_size,
+                                 "greedy", repetition, done)
+        if n:
+            samples += _generate(engine, tokenizer, task, examples, prompts, mine, n, temperature, max_new_tokens,
+                                 batch_size, "sampled", repetition, done)
     samples = dist.gather(samples)
-    metrics = summarise(samples, examples, ks if n else ())
-    for key in sorted({k for ex in examples for k in ex.metadata if isinstance(ex.metadata[k], (str, int))}):
+    return metrics_of(samples, examples, ks if n else ()), samples
+
+
+def metrics_of(samples: list[Sample], examples: list[Example], ks: tuple[int, ...]) -> dict[str, float]:
+    """Metrics of the problems ``samples`` answer, overall and per metadata value (subject, level)."""
+    problems = sorted({s.problem for s in samples})
+    metrics = summarise(samples, [examples[i] for i in problems], ks)
+    for key in sorted({k for i in problems for k, v in examples[i].metadata.items() if isinstance(v, (str, int))}):
         groups: dict[str, list[int]] = defaultdict(list)
-        for i, ex in enumerate(examples):
-            if key in ex.metadata:
-                groups[str(ex.metadata[key])].append(i)
+        for i in problems:
+            if key in examples[i].metadata:
+                groups[str(examples[i].metadata[key])].append(i)
         for value, members in sorted(groups.items()):
             keep = set(members)
-            sub = summarise([s for s in samples if s.problem in keep], [examples[i] for i in members], ks if n else ())
+            sub = summarise([s for s in samples if s.problem in keep], [examples[i] for i in members], ks)
             for name in ("accuracy", "pass@1", "n"):
                 if f"eval/{name}" in sub:
                     metrics[f"eval/by_{key}/{value}/{name}"] = sub[f"eval/{name}"]
-    return metrics, samples
+    return metrics
 
 
 def summarise(samples: list[Sample], examples: list[Example], ks: tuple[int, ...]) -> dict[str, float]:
@@ -138,7 +148,3 @@ def summarise(samples: list[Sample], examples: list[Example], ks: tuple[int, ...
         out["eval/grader_timeouts"] = float(sum(s.status == "timeout" for s in samples))
         out["eval/grader_errors"] = float(sum(s.status == "error" for s in samples))
     return out
-
-
-def sample_rows(samples: list[Sample]) -> list[dict[str, Any]]:
-    return [asdict(s) for s in samples]

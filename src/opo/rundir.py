@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Any, Optional
 
 from opo import checkpoint
 from opo.config import ConfigError
@@ -44,8 +44,8 @@ class RunDirLock:
             f.seek(0)
             holder = f.read().strip() or "another process"
             f.close()
-            raise ConfigError(f"train.run_dir {self.path.parent} is in use by another opo run ({holder}); wait for "
-                              "it to end, or choose another train.run_dir") from None
+            raise ConfigError(f"run.dir {self.path.parent} is in use by another opo run ({holder}); wait for "
+                              "it to end, or choose another run.dir") from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -60,6 +60,45 @@ class RunDirLock:
             self._file = None
 
 
+def check_writable(path: Path, key: str = "run.dir") -> None:
+    """Refuse an output directory that cannot be created or written, before anything is computed."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key} {path} is a file, not a directory")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key} {path} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key} {path} cannot be written: no write permission on {existing}")
+
+
+# what may change when a run resumes: how long it runs, what it logs and measures, how it checkpoints
+RESUMABLE = ("train.steps", "train.eval_every", "train.eval_before", "train.eval_n", "train.eval_k",
+             "train.eval_temperature", "train.eval_max_new_tokens", "train.shift_every", "train.tensorboard",
+             "train.max_bad_steps", "run.threads", "run.progress", "run.dir", "checkpoint.every", "checkpoint.keep",
+             "checkpoint.resume", "checkpoint.allow_changes", "task.grader_workers", "task.grader_timeout",
+             "task.reward_timeout", "repetition.n", "repetition.min_count")
+
+
+def config_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``key: before -> now`` for every setting outside :data:`RESUMABLE` that differs."""
+    old, new = _flat(before), _flat(now)
+    return [f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}" for k in sorted(old.keys() | new.keys())
+            if k not in RESUMABLE and old.get(k, "(absent)") != new.get(k, "(absent)")]
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k in ("run", "model", "task", "rollout", "algo", "optim", "train", "repetition",
+                                         "checkpoint") and not prefix:
+            out.update(_flat(v, f"{k}."))
+        else:
+            out[prefix + str(k)] = v
+    return out
+
+
 def prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to start a new run where one already is (its checkpoints would be pruned by the new
     run's, its logs appended to); with ``overwrite``, delete the old run first. Removes checkpoint
@@ -70,8 +109,8 @@ def prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
             last = checkpoint.latest(run_dir / "checkpoints")
             what = f"its last checkpoint is {last.name}" if last else "no complete checkpoint"
             raise ConfigError(
-                f"train.run_dir {run_dir} already holds a run ({', '.join(found)}; {what}). Continue it with "
-                "checkpoint.resume=true, choose a new train.run_dir, or delete it with train.overwrite=true"
+                f"run.dir {run_dir} already holds a run ({', '.join(found)}; {what}). Continue it with "
+                "checkpoint.resume=true, choose a new run.dir, or delete it with train.overwrite=true"
             )
         for name in found:
             target = run_dir / name

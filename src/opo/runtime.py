@@ -17,7 +17,7 @@ machine with native bf16, between training steps of the embedded model: allocati
 gradient took 21-38 ms by default and 2-5 ms with this setting; the training phase of a
 4x4x32 step went from ~3.2 s to ~2.8 s. Serving large blocks from the heap and never trimming
 it lets a step reuse the previous step's pages; RSS then stays at the high-water mark of a step
-(bench/README.md reports peak RSS and its growth over 20 steps).
+(docs/performance.md reports peak RSS and its growth over 20 steps).
 """
 
 from __future__ import annotations

@@ -16,9 +16,8 @@ from typing import Callable, Optional
 import torch
 from transformers import PreTrainedModel
 
-from opo.algos.advantages import ADVANTAGES
 from opo.algos.losses import KL_ESTIMATORS, POLICY_LOSSES, aggregate
-from opo.config import Config
+from opo.config import AlgoConfig
 from opo.distributed import Dist, full_tensor, run
 from opo.logprobs import PromptBatch, completion_logprobs, decoder_calls
 from opo.rollout.base import RolloutBatch
@@ -29,6 +28,17 @@ def autocast_context(precision: str) -> contextlib.AbstractContextManager:
     if precision == "bf16":
         return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How the trainer scores completions: the sampler's temperature, the compute precision, the
+    fp32 output layer, and the token budget of one micro-batch."""
+
+    temperature: float = 1.0
+    precision: str = "fp32"
+    fp32_head: bool = True
+    micro_batch_tokens: int = 4096
 
 
 @dataclass
@@ -48,14 +58,10 @@ class StepData:
     pad_id: int
 
     @classmethod
-    def from_rollouts(
-        cls, batch: RolloutBatch, rewards: torch.Tensor, advantage: str, params: dict, pad_id: int
-    ) -> "StepData":
-        """The update's inputs from a rollout batch and its rewards ``(N,)``, with advantages from the
-        registered estimator ``advantage`` (keyword ``params``)."""
+    def from_rollouts(cls, batch: RolloutBatch, advantages: torch.Tensor, pad_id: int) -> "StepData":
+        """The update's inputs from a rollout batch and its token advantages ``(N, T)``."""
         prompts, group_index = batch.prompts()
         completions, mask, sampler_logp = batch.completion_tensors(pad_id)  # (N, T) each
-        advantages = ADVANTAGES.get(advantage)(rewards, mask, batch.group_ids(), **params)  # (N, T)
         return cls(prompts, group_index, completions, mask, sampler_logp, advantages, pad_id)
 
 
@@ -95,15 +101,15 @@ def _select(data: StepData, groups: list[int]) -> tuple[PromptBatch, torch.Tenso
     return PromptBatch.from_lists([data.prompts[g] for g in groups], data.pad_id), rows, local
 
 
-def _forward(model: PreTrainedModel, cfg: Config, data: StepData, groups: list[int], entropy_grad: bool = False,
+def _forward(model: PreTrainedModel, scoring: Scoring, data: StepData, groups: list[int], entropy_grad: bool = False,
              calls: int = 0):
     """Log-probs and entropies of ``groups``' completions, making at least ``calls`` decoder calls (FSDP)."""
     batch, rows, local = _select(data, groups)
     width = int(data.mask[rows].sum(-1).max())  # trim padding shared by the whole micro-batch
-    with autocast_context(cfg.model.precision):
+    with autocast_context(scoring.precision):
         logp, ent = run(
             model, completion_logprobs, batch, data.completions[rows, :width], data.mask[rows, :width], local,
-            temperature=cfg.rollout.temperature, fp32_head=cfg.model.fp32_head, with_entropy_grad=entropy_grad,
+            temperature=scoring.temperature, fp32_head=scoring.fp32_head, with_entropy_grad=entropy_grad,
             min_decoder_calls=calls,
         )
     return rows, width, logp, ent  # logp, ent: (n, width)
@@ -116,16 +122,16 @@ def _calls(data: StepData) -> Callable[[list[int]], int]:
 
 @torch.no_grad()
 def record_logprobs(
-    model: PreTrainedModel, cfg: Config, data: StepData, groups: list[int], counts: Counter, key: str,
+    model: PreTrainedModel, scoring: Scoring, data: StepData, groups: list[int], counts: Counter, key: str,
     dist: Dist = Dist(),
 ) -> torch.Tensor:
     """Log-probs ``(N, T)`` of ``groups``' completions under ``model``, without gradient (old or
     reference policy); zero on the other rows. ``dist``: the job ``model`` is sharded over, if any."""
     out = torch.zeros_like(data.mask, dtype=_logprob_dtype(model))
     counts[key] += 0  # the same keys on every process, also one without groups here
-    for mb, real, calls in dist.aligned(micro_batches(data, groups, cfg.train.micro_batch_tokens), groups[:1],
+    for mb, real, calls in dist.aligned(micro_batches(data, groups, scoring.micro_batch_tokens), groups[:1],
                                         _calls(data)):
-        rows, width, logp, _ = _forward(model, cfg, data, mb, calls=calls)
+        rows, width, logp, _ = _forward(model, scoring, data, mb, calls=calls)
         if real:
             out[rows, :width] = logp
             counts[key] += 1
@@ -135,14 +141,17 @@ def record_logprobs(
 def policy_update(
     model: PreTrainedModel,
     optimizer: torch.optim.Optimizer,
-    cfg: Config,
     data: StepData,
+    algo: AlgoConfig,
+    scoring: Scoring,
+    grad_clip: float = 0.0,
     ref_model: Optional[PreTrainedModel] = None,
     generator: Optional[torch.Generator] = None,
     measure_shift: bool = False,
     dist: Dist = Dist(),
 ) -> dict[str, float]:
-    """Run the optimizer step(s) for one rollout batch and return metrics.
+    """Run the optimizer step(s) of ``algo`` for one rollout batch and return metrics; ``grad_clip``:
+    the global gradient norm is clipped to it (0: off).
 
     ``data`` is the global batch; this process computes forward and backward for its share of the
     groups (``dist.share``, all of them on one process), normalises by the global token and
@@ -157,25 +166,23 @@ def policy_update(
     n_groups = len(data.prompts)
     mine = list(dist.share(n_groups))
     own = set(mine)
-    old_logp = record_logprobs(model, cfg, data, mine, counts, "passes/old_logprob", dist) if cfg.off_policy else None
+    off_policy = algo.ppo_epochs > 1 or algo.mini_batches > 1
+    old_logp = record_logprobs(model, scoring, data, mine, counts, "passes/old_logprob", dist) if off_policy else None
     # pi_before's log-probs: recorded off-policy; on-policy the training forward gives them for free
     before_logp = old_logp
     if measure_shift and old_logp is None:
         before_logp = torch.zeros_like(data.mask, dtype=_logprob_dtype(model))
-    ref_logp = record_logprobs(ref_model, cfg, data, mine, counts, "passes/reference") if ref_model is not None else None
-    loss_fn = POLICY_LOSSES.get(cfg.algo.loss)
-    loss_params = {}
-    if cfg.algo.loss == "ppo_clip":
-        loss_params = dict(clip_low=cfg.algo.clip_low, clip_high=cfg.algo.clip_high, dual_clip=cfg.algo.dual_clip)
+    ref_logp = record_logprobs(ref_model, scoring, data, mine, counts, "passes/reference") if ref_model is not None else None
+    loss_fn = POLICY_LOSSES.get(algo.loss)
 
     # token-weighted sums for the step's metrics; every key present on every process
     sums: Counter = Counter(dict.fromkeys(("loss", "tokens", "entropy", "clipped", "logprob_gap", "kl"), 0.0))
     grad_norms: list[float] = []
     gap_max = 0.0
     skipped = 0
-    for _ in range(cfg.algo.ppo_epochs):
-        order = torch.randperm(n_groups, generator=generator).tolist() if cfg.off_policy else list(range(n_groups))
-        size = n_groups // cfg.algo.mini_batches
+    for _ in range(algo.ppo_epochs):
+        order = torch.randperm(n_groups, generator=generator).tolist() if off_policy else list(range(n_groups))
+        size = n_groups // algo.mini_batches
         for start in range(0, n_groups, size):
             mini = order[start : start + size]
             rows_all = _rows(data, mini)
@@ -185,9 +192,9 @@ def policy_update(
             n_seqs = float(len(rows_all))
             optimizer.zero_grad(set_to_none=True)
             local = [g for g in mini if g in own]
-            for mb, real, calls in dist.aligned(micro_batches(data, local, cfg.train.micro_batch_tokens), mine[:1],
+            for mb, real, calls in dist.aligned(micro_batches(data, local, scoring.micro_batch_tokens), mine[:1],
                                                 _calls(data)):
-                rows, width, logp, ent = _forward(model, cfg, data, mb, cfg.algo.entropy_coef > 0, calls)
+                rows, width, logp, ent = _forward(model, scoring, data, mb, algo.entropy_coef > 0, calls)
                 if not real:  # a pass that only keeps FSDP's collectives paired: a zero gradient
                     (logp.sum() * 0.0).backward()
                     continue
@@ -197,14 +204,14 @@ def policy_update(
                 mask = data.mask[rows, :width]  # (n, width)
                 adv = data.advantages[rows, :width]
                 old = None if old_logp is None else old_logp[rows, :width]
-                token_loss, clipped = loss_fn(logp, old, adv, **loss_params)  # (n, width)
+                token_loss, clipped = loss_fn(logp, old, adv, **algo.loss_params)  # (n, width)
                 if ref_logp is not None:
-                    kl = KL_ESTIMATORS.get(cfg.algo.kl_estimator)(logp, ref_logp[rows, :width])
-                    token_loss = token_loss + cfg.algo.kl_coef * kl
+                    kl = KL_ESTIMATORS.get(algo.kl_estimator)(logp, ref_logp[rows, :width])
+                    token_loss = token_loss + algo.kl_coef * kl
                     sums["kl"] += float((kl.detach() * mask).sum())
-                if cfg.algo.entropy_coef > 0:
-                    token_loss = token_loss - cfg.algo.entropy_coef * ent
-                loss = aggregate(token_loss, mask, cfg.algo.aggregation, n_tokens, n_seqs)
+                if algo.entropy_coef > 0:
+                    token_loss = token_loss - algo.entropy_coef * ent
+                loss = aggregate(token_loss, mask, algo.aggregation, n_tokens, n_seqs)
                 loss.backward()
                 sums["loss"] += float(loss.detach())
                 sums["tokens"] += float(mask.sum())
@@ -214,7 +221,7 @@ def policy_update(
                 sums["logprob_gap"] += float(gap.sum())
                 gap_max = max(gap_max, float(gap.max()))
             dist.sum_gradients(model)
-            norm = _grad_norm(model, cfg.optim.grad_clip)
+            norm = _grad_norm(model, grad_clip)
             grad_norms.append(norm)
             if math.isfinite(norm):
                 optimizer.step()
@@ -222,7 +229,7 @@ def policy_update(
                 skipped += 1
             optimizer.zero_grad(set_to_none=True)
     if measure_shift:
-        after_logp = record_logprobs(model, cfg, data, mine, counts, "passes/policy_shift", dist)
+        after_logp = record_logprobs(model, scoring, data, mine, counts, "passes/policy_shift", dist)
         # Samples come from pi_before: KL(before || after), Schulman 2020. Rows of other processes
         # are zero in both log-prob tensors and add nothing.
         for name in ("k1", "k3"):
@@ -230,7 +237,7 @@ def policy_update(
     sums = Counter(dist.reduce({**sums, **counts}))  # every process's share of the batch
     gap_max = dist.reduce({"gap": gap_max}, op="max")["gap"]
     tokens = max(sums["tokens"], 1.0)
-    updates = cfg.algo.ppo_epochs * cfg.algo.mini_batches
+    updates = algo.ppo_epochs * algo.mini_batches
     metrics = {
         "loss": sums["loss"] / updates,
         "entropy": sums["entropy"] / tokens,

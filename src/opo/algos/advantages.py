@@ -22,7 +22,10 @@ import torch
 from opo.registry import Registry
 
 AdvantageFn = Callable[..., torch.Tensor]
-ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator")
+# the probe runs a member on a group of two, so bad algo.advantage_params fail before the model loads
+ADVANTAGES: Registry[AdvantageFn] = Registry(
+    "advantage estimator",
+    probe=lambda fn, params: fn(torch.tensor([0.0, 1.0]), torch.ones(2, 1), torch.zeros(2, dtype=torch.long), **params))
 
 
 def _groups(group_ids: torch.Tensor) -> tuple[torch.Tensor, int]:

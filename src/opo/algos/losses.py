@@ -19,7 +19,9 @@ import torch
 from opo.registry import Registry
 
 PolicyLossFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
-POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss")
+# the probe runs a member on one token, so bad algo.loss_params fail before the model loads
+POLICY_LOSSES: Registry[PolicyLossFn] = Registry(
+    "policy loss", probe=lambda fn, params: fn(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1, 1), **params))
 KL_ESTIMATORS: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("KL estimator")
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 
@@ -55,6 +57,10 @@ def ppo_clip(
     Eq. 7; decoupled bounds from DAPO, arXiv 2503.14476 Eq. 10). With ``dual_clip`` = c > 1, losses
     of negative-advantage tokens are capped at -A c (Ye et al. 2020, arXiv 1912.09729).
     """
+    if not (0 <= clip_low < 1 and 0 <= clip_high < 1):
+        raise ValueError(f"clip_low and clip_high must be in [0, 1), got {clip_low} and {clip_high}")
+    if dual_clip is not None and not dual_clip > 1:
+        raise ValueError(f"dual_clip must be > 1 or null, got {dual_clip}")
     ratio = _ratio(logp, old_logp)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)

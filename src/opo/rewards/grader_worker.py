@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 from typing import Any, Callable
 
@@ -42,6 +43,9 @@ def call(fn: Callable, args: list) -> list:
 
 
 def main() -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the parent stops and closes the pool,
+    # so a worker ignores it instead of printing a KeyboardInterrupt traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The protocol owns the real stdout; whatever the function prints (Python or C), also while its
     # module is imported, goes to stderr, which the pool shows the user (task.reward_fn) or discards.
     protocol = os.fdopen(os.dup(1), "w")

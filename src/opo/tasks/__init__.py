@@ -4,40 +4,41 @@ from typing import Any, Optional
 
 from opo.config import TaskConfig
 from opo.tasks.base import Example, Graded, Task
+from opo.tasks.chat import decode, encode
 from opo.tasks.math import MathTask
 from opo.tasks.reasoning_gym import ReasoningGymTask
 from opo.tasks.user_reward import UserRewardTask
 
-__all__ = ["Example", "Graded", "MathTask", "ReasoningGymTask", "Task", "UserRewardTask", "build_task",
-           "limit_prompt_length"]
+__all__ = ["Example", "Graded", "MathTask", "ReasoningGymTask", "Task", "UserRewardTask", "build_task", "decode",
+           "encode", "limit_prompt_length"]
 
 
-def build_task(t: TaskConfig) -> Task:
-    """The task named by a (validated) task config, graded by ``t.reward_fn`` when one is set."""
-    task = _named_task(t)
+def build_task(t: TaskConfig, for_training: bool = False) -> Task:
+    """The task named by a (validated) task config, graded by ``t.reward_fn`` when one is set;
+    ``for_training``: refuse at once a held-out split that leaves nothing to train on."""
+    task = _named_task(t, for_training)
     if t.reward_fn is None:
         return task
     return UserRewardTask(task, t.reward_fn, t.grader_workers, t.reward_timeout, t.reward_on_error)
 
 
-def _named_task(t: TaskConfig) -> Task:
+def _named_task(t: TaskConfig, for_training: bool) -> Task:
     if t.name == "reasoning_gym":
         return ReasoningGymTask(
             t.generator, t.generator_args, t.prompt_template or "{question} Answer with just the number.",
             t.system_prompt, t.extractor or "first_number", t.seed, t.eval_seed, t.eval_size, t.exclude_eval,
-            t.binary_reward,
+            t.binary_reward, for_training=for_training,
         )
     return MathTask(
         t.name, t.data_path, t.question_field, t.answer_field, t.answer_format, t.prompt_template, t.system_prompt,
-        t.extractor, t.eval_size, t.grader_workers, t.grader_timeout, t.skip_bad_rows,
+        t.extractor, t.eval_size, t.grader_workers, t.grader_timeout, t.skip_bad_rows, exclude_eval=t.exclude_eval,
+        for_training=for_training,
     )
 
 
 def limit_prompt_length(task: Task, tokenizer: Any, model: Any, max_new_tokens: int) -> None:
     """Make ``task`` refuse (or, with task.skip_bad_rows, leave out) prompts whose token count plus
     ``max_new_tokens`` exceeds the model's context, so no step fails or silently degrades later."""
-    from opo.evaluate import encode  # opo.evaluate imports this package's base module
-
     context = getattr(model.config, "max_position_embeddings", None)
     if context is None:  # the model states no limit
         return

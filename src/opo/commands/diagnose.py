@@ -4,38 +4,34 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from opo.config import Config, DiagnoseConfig
+from opo import rundir
+from opo.algos.advantages import ADVANTAGES
+from opo.config import AlgoConfig, DiagnoseConfig
 from opo.diagnose import baseline_variances, gradient_gram, length_fit
-from opo.evaluate import decode, encode
-from opo.models import load_model, stop_token_ids
-from opo.rollout.hf import HFEngine
-from opo.runtime import pick_threads, resolve_precisions
-from opo.tasks import build_task
-from opo.update import StepData, policy_update
+from opo.rollout.base import RolloutBatch
+from opo.run import Run, output_dir, setup
+from opo.tasks import decode, encode
+from opo.update import Scoring, StepData, policy_update
 
 
 def run_diagnose(cfg: DiagnoseConfig) -> dict[str, Any]:
-    out_dir = Path(cfg.out_dir.replace("{time}", time.strftime("%Y%m%d-%H%M%S")))
-    cfg.model.precision, cfg.rollout.precision = resolve_precisions(cfg.model.precision, cfg.rollout.precision)
-    pick_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    model, tok = load_model(cfg.model.path, cfg.model.trust_remote_code, cfg.seed, cfg.model.attention)
-    task = build_task(cfg.task)
+    out_dir = output_dir(cfg.run.dir)
+    rundir.check_writable(out_dir)  # before the model loads, not after the gradients
+    run = setup(cfg, max_new_tokens=cfg.rollout.max_new_tokens)
+    model, tok = run.model, run.tok
     P, K = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
     try:
-        examples = [task.train_example(cfg.start + i) for i in range(P)]
-        engine = HFEngine(model, stop_token_ids(model, tok), tok.pad_token_id, cfg.rollout.precision, seed=cfg.seed)
-        batch = engine.generate(encode(tok, examples), list(range(P)), K, cfg.rollout.max_new_tokens,
-                                cfg.rollout.temperature)
+        examples = [run.task.train_example(cfg.start + i) for i in range(P)]
+        batch = run.engine.generate(encode(tok, examples), list(range(P)), K, cfg.rollout.max_new_tokens,
+                                    cfg.rollout.temperature)
         texts = [decode(tok, r.completion) for r in batch.rollouts]
-        graded = task.grade(texts, [examples[r.group] for r in batch.rollouts])
+        graded = run.task.grade(texts, [examples[r.group] for r in batch.rollouts])
     finally:
-        task.close()
+        run.close()
     rewards = torch.tensor([g.reward for g in graded], dtype=torch.float64)  # (N,)
     prompts, group_index = batch.prompts()
     completions = [r.completion for r in batch.rollouts]
@@ -44,12 +40,13 @@ def run_diagnose(cfg: DiagnoseConfig) -> dict[str, Any]:
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     exact = cfg.method == "exact" or (cfg.method == "auto" and K * n_params * 4 <= cfg.exact_max_gb * 2**30)
     gram, info = gradient_gram(model, prompts, completions, group_index, tok.pad_token_id, cfg.rollout.temperature,
-                               cfg.model.precision, None if exact else cfg.sketch_dim, cfg.seed)
+                               run.compute.precision, None if exact else cfg.sketch_dim, cfg.run.seed,
+                               progress=cfg.run.progress)
     sq_norms = torch.diagonal(gram)
     result = {
         "config": cfg.to_dict(),
         "gradients": {"method": "exact" if exact else f"count sketch, {cfg.sketch_dim} dims", **info},
-        "update_seconds": _update_seconds(model, cfg, batch, rewards, tok.pad_token_id),
+        "update_seconds": _update_seconds(run, batch, rewards),
         "baselines": baseline_variances(gram, rewards, lengths, group_index),
         "length_fit": length_fit(sq_norms, lengths),
         "responses": [{"group": int(g), "length": int(n), "reward": float(r), "sq_grad_norm": float(s)}
@@ -62,12 +59,14 @@ def run_diagnose(cfg: DiagnoseConfig) -> dict[str, Any]:
     return result
 
 
-def _update_seconds(model, cfg: DiagnoseConfig, batch, rewards: torch.Tensor, pad_id: int) -> float:
-    """Time of one batched on-policy update of the same responses (learning rate 0: weights unchanged)."""
-    train_cfg = Config(model=cfg.model, rollout=cfg.rollout)
-    data = StepData.from_rollouts(batch, rewards.float(), "opo", {}, pad_id)
+def _update_seconds(run: Run, batch: RolloutBatch, rewards: torch.Tensor) -> float:
+    """Time of one batched on-policy OPO update of the same responses (learning rate 0: weights unchanged)."""
+    cfg = run.cfg
+    data = StepData.from_rollouts(batch, torch.empty(0), run.tok.pad_token_id)
+    data.advantages = ADVANTAGES.get("opo")(rewards.float(), data.mask, batch.group_ids())  # (N, T)
+    scoring = Scoring(cfg.rollout.temperature, run.compute.precision, cfg.model.fp32_head)
     t0 = time.perf_counter()
-    policy_update(model, torch.optim.SGD(model.parameters(), lr=0.0), train_cfg, data)
+    policy_update(run.model, torch.optim.SGD(run.model.parameters(), lr=0.0), data, AlgoConfig(), scoring)
     return time.perf_counter() - t0
 
 

@@ -1,0 +1,1 @@
+"""One module per CLI command; :mod:`opo.cli` parses the arguments and dispatches here."""

@@ -1,0 +1,319 @@
+"""``opo train``: the RL loop. Sample, score, advantage, update, log, checkpoint; nothing else.
+
+Each step (OPO, Hao et al. 2025, arXiv 2505.23585):
+  1. take the next P prompts of the task and sample K completions each from the *current* policy;
+  2. score every completion with the task's verifiable reward;
+  3. turn rewards into token advantages (default ``opo``: A_i = r_i - sum_j l_j r_j / sum_j l_j);
+  4. one optimizer step on the policy-gradient loss over the whole batch (exact on-policy: no
+     old-log-prob pass, no reference model, no KL, no entropy bonus, no clipping to fire).
+Off-policy mini-batches/epochs, KL and entropy terms exist only for comparison, behind the config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from opo import checkpoint, rundir
+from opo.algos.advantages import ADVANTAGES
+from opo.config import Config, ConfigError
+from opo.distributed import Dist, sampling_seed
+from opo.distributed import setup as setup_distributed
+from opo.distributed import teardown as teardown_distributed
+from opo.errors import TrainingAborted
+from opo.evaluate import evaluate
+from opo.metrics import JsonlLogger, repetition_metrics, rollout_metrics
+from opo.rollout.base import RolloutBatch
+from opo.run import Run, output_dir, setup
+from opo.runtime import StopOnSignal
+from opo.tasks import decode, encode
+from opo.update import Scoring, StepData, policy_update
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Run ``cfg.train.steps`` RL steps; returns the summary (held-out accuracy before/after, timings).
+
+    Under ``torchrun`` every process runs this same loop on its share of each step's prompts
+    (see :mod:`opo.distributed`); rank 0 alone logs, evaluates and writes checkpoints.
+    """
+    d = setup_distributed(cfg.train.fsdp)
+    try:
+        with contextlib.ExitStack() as held:  # the run directory's lock, released on any exit
+            return _train(cfg, d, held)
+    finally:
+        teardown_distributed(d)
+
+
+@dataclass
+class Progress:
+    """What a checkpoint carries besides weights and optimizer: where the loop is."""
+
+    step: int = 0
+    data_pos: int = 0
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _train(cfg: Config, d: Dist, held: contextlib.ExitStack) -> dict[str, Any]:
+    started = time.time()
+    say = print if d.main else _silent
+    if cfg.rollout.prompts_per_step < d.world:
+        raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be at least the number of "
+                          f"processes ({d.world}): each process samples whole prompt groups")
+    run_dir = output_dir(cfg.run.dir, d)
+    resume_from = _claim(run_dir, cfg, d, held, say)
+    run = setup(cfg, d=d, weights=str(resume_from) if resume_from else None,
+                max_new_tokens=max(cfg.rollout.max_new_tokens, cfg.train.eval_max_new_tokens))
+    try:
+        say(run.compute.describe(d, cfg.train.fsdp))
+        at = _restore(run, resume_from, say) if resume_from else Progress()
+        at.summary["data/skipped_rows"] = run.task.skipped_rows
+        at.summary["compute"] = run.compute.describe(d)
+        log, samples_log = _open_logs(run_dir, cfg, d, at.step if resume_from else -1)
+        if at.step == 0 and cfg.train.eval_before:
+            at.summary["before"] = _held_out(run, log, step=0)
+            say(f"held-out accuracy before training: {at.summary['before']['eval/accuracy']:.1%} "
+                f"({int(at.summary['before']['eval/n'])} problems, greedy)")
+
+        bar = tqdm(range(at.step, cfg.train.steps), initial=at.step, total=cfg.train.steps, desc="opo train",
+                   disable=not (cfg.run.progress and d.main) or None, dynamic_ncols=True)
+        bad_steps = 0  # consecutive steps whose every update was skipped for a non-finite gradient
+        with StopOnSignal() as stop:  # SIGTERM/SIGINT: finish the step, checkpoint, exit cleanly
+            for step in bar:
+                shift = bool(cfg.train.shift_every) and (step + 1) % cfg.train.shift_every == 0
+                row, samples = rl_step(run, at.data_pos, step, shift)
+                run.scheduler.step()
+                at.step, at.data_pos = step + 1, at.data_pos + cfg.rollout.prompts_per_step
+                row = {"step": at.step, **row, "lr": run.scheduler.get_last_lr()[0]}
+                if cfg.train.eval_every and at.step % cfg.train.eval_every == 0 and at.step < cfg.train.steps:
+                    row.update(_held_out(run))  # logged with the step's row
+                if d.main:
+                    log.log(row)
+                    for sample in samples:
+                        samples_log.log({"step": at.step, **sample})
+                    tqdm.write(_console_line(row))
+                bar.set_postfix(reward=f"{row['reward/mean']:.2f}", step_s=f"{row['time/step']:.1f}")
+                bad_steps = bad_steps + 1 if row["optimizer_steps"] == 0 else 0  # the same on every process
+                if bad_steps >= cfg.train.max_bad_steps:
+                    raise TrainingAborted(_bad_steps_message(cfg, run_dir, at.step, bad_steps))
+                stopping = d.any(stop.requested is not None)  # a signal to any process stops all after this step
+                if (cfg.checkpoint.every and at.step % cfg.checkpoint.every == 0) or at.step == cfg.train.steps \
+                        or stopping:
+                    _save(run, run_dir, at)
+                if stopping:
+                    at.summary["stopped"] = stop.requested or "SIGTERM"
+                    say(f"{at.summary['stopped']}: stopped after step {at.step} with a checkpoint; continue with "
+                        f"'opo train checkpoint.resume=true run.dir={run_dir}' (and the same settings)")
+                    break
+        bar.close()
+        if "stopped" not in at.summary:
+            at.summary["after"] = _held_out(run, log, step=cfg.train.steps)
+            at.summary["wall_time_s"] = time.time() - started
+            at.summary["run_dir"] = str(run_dir)
+            say(_result_lines(at.summary, run_dir))
+        at.summary["data/held_out_repeats"] = run.task.held_out_repeats  # grows as reasoning_gym draws items
+        if d.main:
+            (run_dir / "summary.json").write_text(json.dumps(at.summary, indent=2))
+        return at.summary
+    finally:
+        run.close()
+
+
+def rl_step(run: Run, data_pos: int, step: int, measure_shift: bool = False
+            ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """RL step ``step`` on the prompts at ``data_pos``: metrics and the step's samples (``measure_shift``:
+    also the policy shift of the update, at the cost of one forward pass). Under torch.distributed
+    this process samples and grades its share of the prompts; the rest of the step sees the global batch."""
+    cfg, d, tok = run.cfg, run.dist, run.tok
+    t_step = time.time()
+    # 1. Sample K completions per prompt from the current weights.
+    groups = [data_pos + i for i in d.share(cfg.rollout.prompts_per_step)]  # a group is named by its data position
+    examples = {g: run.task.train_example(g) for g in groups}
+    run.engine.generator.manual_seed(sampling_seed(cfg.run.seed, step, d.rank))
+    batch = run.engine.generate(encode(tok, list(examples.values())), groups, cfg.rollout.samples_per_prompt,
+                                cfg.rollout.max_new_tokens, cfg.rollout.temperature)
+    t_gen = time.time() - t_step
+
+    # 2. Verifiable rewards; every process then gets the whole batch (token ids and rewards, a few KB).
+    t0 = time.time()
+    texts = [decode(tok, r.completion) for r in batch.rollouts]
+    graded = run.task.grade(texts, [examples[r.group] for r in batch.rollouts])
+    t_reward = time.time() - t0
+    scored = d.gather(list(zip(batch.rollouts, texts, graded)))
+    batch = RolloutBatch([r for r, _, _ in scored])
+    texts, graded = [t for _, t, _ in scored], [g for _, _, g in scored]
+    truncated = cfg.truncated_reward()  # a cut-off completion: None grades it as it is
+    scores = [truncated if truncated is not None and r.finish == "length" else g.reward
+              for r, g in zip(batch.rollouts, graded)]
+    rewards = torch.tensor(scores)  # (N,)
+
+    # 3. Advantages from the registered estimator, 4. one on-policy update.
+    t0 = time.time()
+    data = StepData.from_rollouts(batch, torch.empty(0), tok.pad_token_id)
+    a = cfg.algo
+    data.advantages = ADVANTAGES.get(a.advantage)(rewards, data.mask, batch.group_ids(), **a.advantage_params)  # (N, T)
+    update = policy_update(run.policy, run.optimizer, data, a, scoring(cfg, run), cfg.optim.grad_clip, run.ref_model,
+                           run.shuffle, measure_shift, d)
+    run.engine.sync_weights()
+    t_train = time.time() - t0
+
+    gen_tokens = float(data.mask.sum())
+    trained_tokens = gen_tokens + sum(len(p) for p in data.prompts)  # shared prompts count once
+    row = {
+        **rollout_metrics(rewards, data.advantages, data.mask, batch.group_ids(), [r.finish for r in batch.rollouts]),
+        **update,
+        **repetition_metrics([r.completion for r in batch.rollouts], cfg.repetition.n, cfg.repetition.min_count),
+        **_grading_metrics([g.status for g in graded]),
+        "time/generate": t_gen, "time/reward": t_reward, "time/train": t_train, "time/step": time.time() - t_step,
+        "tokens/generated": gen_tokens, "tokens/trained": trained_tokens,
+        "tokens/generate_per_s": gen_tokens / t_gen, "tokens/train_per_s": trained_tokens / t_train,
+    }
+    samples = [{"group": r.group, "completion": text, "answer": g.answer, "reward": score, "status": g.status,
+                "finish": r.finish} for text, r, g, score in zip(texts, batch.rollouts, graded, scores)]
+    return row, samples
+
+
+def scoring(cfg: Config, run: Run) -> Scoring:
+    """How the trainer scores the sampler's completions."""
+    return Scoring(cfg.rollout.temperature, run.compute.precision, cfg.model.fp32_head, cfg.train.micro_batch_tokens)
+
+
+def _grading_metrics(statuses: list[str]) -> dict[str, float]:
+    n = len(statuses)
+    return {"reward/no_answer": statuses.count("no_answer") / n,
+            "reward/grader_failures": float(statuses.count("timeout") + statuses.count("error")),
+            "reward/errors": float(statuses.count("error")), "reward/timeouts": float(statuses.count("timeout"))}
+
+
+def _claim(run_dir: Path, cfg: Config, d: Dist, held: contextlib.ExitStack, say: Callable) -> Optional[Path]:
+    """Lock ``run_dir`` for the run (rank 0, one lock per job), refuse to mix two runs in it or to
+    resume with other settings, and return the checkpoint to resume from. A refusal stops every
+    process with rank 0's message, not at a later collective."""
+    refusal, resume_from = None, None
+    if d.main:
+        try:
+            rundir.check_writable(run_dir)
+            held.enter_context(rundir.RunDirLock(run_dir))
+            rundir.prepare(run_dir, cfg.checkpoint.resume, cfg.train.overwrite)
+            resume_from = checkpoint.latest(run_dir / "checkpoints") if cfg.checkpoint.resume else None
+            if resume_from is not None:
+                _check_same_settings(resume_from, cfg, say)
+        except ConfigError as e:
+            refusal = str(e)
+    refusal, resume_from = d.broadcast((refusal, resume_from))
+    if refusal:
+        raise ConfigError(refusal)
+    if cfg.checkpoint.resume and resume_from is None:
+        say(f"resume: no complete checkpoint in {run_dir / 'checkpoints'}; starting from step 0")
+    return resume_from
+
+
+def _check_same_settings(ckpt: Path, cfg: Config, say: Callable) -> None:
+    """A resumed run trains on with the settings it started with, unless checkpoint.allow_changes."""
+    saved = ckpt / "config.yaml"
+    try:
+        before = yaml.safe_load(saved.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"resume: cannot read the settings of {ckpt} ({saved}: {e})") from e
+    changes = rundir.config_changes(before, cfg.to_dict())
+    if changes and not cfg.checkpoint.allow_changes:
+        raise ConfigError(f"resume: these settings differ from the run's ({saved}): {'; '.join(changes)}. Resume with "
+                          "the run's settings, or accept the change with checkpoint.allow_changes=true (the weights "
+                          "still come from the checkpoint)")
+    if changes:
+        say(f"resume: continuing with changed settings (checkpoint.allow_changes=true): {'; '.join(changes)}")
+
+
+def _restore(run: Run, ckpt: Path, say: Callable) -> Progress:
+    """Optimizer, scheduler, RNG and loop position of a checkpoint (its weights are already loaded)."""
+    state = checkpoint.load_state(ckpt)
+    checkpoint.load_optimizer_state(run.model, run.optimizer, state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    checkpoint.set_rng_state(state["rng"])
+    run.shuffle.set_state(state["shuffle"])
+    at = Progress(state["step"], state["data_pos"], json.loads(state["summary"]))
+    if at.step >= run.cfg.train.steps:
+        raise ConfigError(f"resume: the checkpoint {ckpt} is at step {at.step} and train.steps={run.cfg.train.steps}: "
+                          "nothing to train; raise train.steps to continue")
+    say(f"resume: continuing from {ckpt} (step {at.step})")
+    return at
+
+
+def _save(run: Run, run_dir: Path, at: Progress) -> None:
+    """A checkpoint of step ``at.step``: gathered from the shards under FSDP, where every process
+    takes part; else rank 0's own. No process moves on (or exits) before it is complete."""
+    d = run.dist
+    weights = d.model_state(run.model)
+    optimizer_state = checkpoint.optimizer_state(run.model, run.optimizer) if d.main or d.fsdp else None
+    if d.main:
+        state = {"step": at.step, "data_pos": at.data_pos, "optimizer": optimizer_state,
+                 "scheduler": run.scheduler.state_dict(), "rng": checkpoint.rng_state(),
+                 "shuffle": run.shuffle.get_state(), "summary": json.dumps(at.summary)}
+        checkpoint.save(run_dir / "checkpoints", at.step, run.model, run.tok, state, run.cfg.to_dict(),
+                        run.cfg.checkpoint.keep, weights)
+    d.barrier()
+
+
+def _open_logs(run_dir: Path, cfg: Config, d: Dist, last_step: int) -> tuple[Optional[JsonlLogger], Optional[JsonlLogger]]:
+    """Rank 0's metrics and samples logs, cut back to ``last_step`` on resume (rows after the
+    checkpoint will be written again), and the config this run trains with."""
+    if not d.main:
+        return None, None
+    if cfg.checkpoint.resume:
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            rundir.truncate_log(run_dir / name, last_step)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return (JsonlLogger(run_dir / "metrics.jsonl", run_dir / "tensorboard" if cfg.train.tensorboard else None),
+            JsonlLogger(run_dir / "samples.jsonl"))
+
+
+def _held_out(run: Run, log: Optional[JsonlLogger] = None, step: int = 0) -> dict[str, float]:
+    """Held-out metrics; every process evaluates its share of the problems. With ``log`` (rank 0's)
+    they are logged as their own row at ``step``."""
+    cfg, t0 = run.cfg, time.time()
+    ks = tuple(k for k in cfg.train.eval_k if k <= cfg.train.eval_n)
+    # Evaluation samples from its own seeded stream; training reseeds its sampler every step, so
+    # whether and how often evaluation runs never changes the training rollouts.
+    run.engine.generator.manual_seed(cfg.run.seed + 10_000 + run.dist.rank)
+    result, _ = evaluate(run.engine, run.tok, run.task, n=cfg.train.eval_n, ks=ks, temperature=cfg.train.eval_temperature,
+                         max_new_tokens=cfg.train.eval_max_new_tokens,
+                         repetition=(cfg.repetition.n, cfg.repetition.min_count), dist=run.dist)
+    result["time/eval"] = time.time() - t0
+    if log is not None:
+        log.log({"step": step, **result})
+    return result
+
+
+def _bad_steps_message(cfg: Config, run_dir: Path, step: int, bad_steps: int) -> str:
+    return (f"step {step}: the gradient was NaN/inf in {bad_steps} consecutive steps (train.max_bad_steps="
+            f"{cfg.train.max_bad_steps}); no update was applied in those steps and the last checkpoint in "
+            f"{run_dir / 'checkpoints'} is unchanged. Their samples are in {run_dir / 'samples.jsonl'}. "
+            "Try a lower optim.lr or run.precision=fp32.")
+
+
+def _result_lines(summary: dict[str, Any], run_dir: Path) -> str:
+    after = summary["after"]["eval/accuracy"]
+    if "before" in summary:
+        before = summary["before"]["eval/accuracy"]
+        head = f"held-out accuracy: before {before:.1%} -> after {after:.1%} ({100 * (after - before):+.1f} points)"
+    else:
+        head = f"held-out accuracy after training: {after:.1%}"
+    return f"{head}\nwall time {summary['wall_time_s'] / 60:.1f} min; run directory {run_dir}"
+
+
+def _console_line(row: dict[str, Any]) -> str:
+    return (f"step {row['step']:>4}  reward {row['reward/mean']:.3f}  acc {row['reward/accuracy']:.3f}  "
+            f"entropy {row['entropy']:.3f}  len {row['length/mean']:.1f}  gnorm {row['grad_norm']:.3f}  "
+            f"gen {row['time/generate']:.1f}s  train {row['time/train']:.1f}s"
+            + (f"  eval_acc {row['eval/accuracy']:.3f}" if "eval/accuracy" in row else ""))
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """``print`` on processes other than rank 0."""

@@ -1,0 +1,120 @@
+"""One setup for every command and bench: compute choice, seeds, task, model + tokenizer, sampler,
+and for training the process group's model copy, reference model, optimizer and scheduler.
+
+The task is built before the model loads, so a bad data file fails in a second, not after a load.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from transformers import PreTrainedModel
+
+from opo.config import Config, OptimConfig, RunSettings
+from opo.distributed import Dist, local_world_size
+from opo.models import load_model, stop_token_ids
+from opo.rollout.hf import HFEngine
+from opo.runtime import pick_threads, resolve_precisions
+from opo.tasks import Task, build_task, limit_prompt_length
+
+
+@dataclass(frozen=True)
+class Compute:
+    """What ``auto`` resolved to on this machine."""
+
+    precision: str  # training / scoring forward: bf16 | fp32
+    sampling: str  # the sampler: bf16 | fp32
+    threads: int
+
+    def describe(self, d: Dist = Dist(), fsdp_requested: bool = False) -> str:
+        return (f"compute: {self.precision} training, {self.sampling} sampling, "
+                f"{self.threads} thread{'s' if self.threads > 1 else ''}" + (f" x {d.world} processes" if d.world > 1 else "")
+                + (", FSDP" if d.fsdp else " (train.fsdp: one process, nothing to shard)" if fsdp_requested else ""))
+
+
+def choose_compute(settings: RunSettings, sampling: str = "auto", d: Dist = Dist()) -> Compute:
+    """Resolve ``auto`` precisions for this CPU and set torch's thread count."""
+    precision, sampling = resolve_precisions(settings.precision, sampling)
+    threads = settings.threads
+    if not threads and settings.deterministic:
+        threads = 1  # a timed choice could differ between a run and its resume
+    elif not threads and d.world > 1:  # processes on one machine share its cores; timing them would be noise
+        threads = max(1, (os.cpu_count() or 1) // local_world_size())
+    return Compute(precision, sampling, pick_threads(threads))
+
+
+@dataclass
+class Run:
+    """The state a command works on. ``policy`` is the model, or its FSDP root in a sharded job;
+    the training fields are None outside ``opo train``."""
+
+    cfg: Any  # Config | EvalConfig | DiagnoseConfig
+    compute: Compute
+    model: PreTrainedModel
+    tok: Any
+    task: Task
+    engine: HFEngine
+    dist: Dist = field(default_factory=Dist)
+    policy: Optional[torch.nn.Module] = None
+    ref_model: Optional[PreTrainedModel] = None
+    optimizer: Optional[torch.optim.Optimizer] = None
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
+    shuffle: Optional[torch.Generator] = None  # off-policy mini-batch order
+
+    def close(self) -> None:
+        self.task.close()
+
+
+def setup(cfg: Any, *, max_new_tokens: int, d: Dist = Dist(), weights: Optional[str] = None) -> Run:
+    """Build a :class:`Run` from a validated config; ``weights``: a checkpoint to load instead of
+    ``model.path``; ``max_new_tokens``: the longest completion, for the prompt-length check.
+    A :class:`~opo.config.Config` (``opo train``) also gets the training fields."""
+    rollout = getattr(cfg, "rollout", None)
+    compute = choose_compute(cfg.run, rollout.precision if rollout else "auto", d)
+    seed = cfg.run.seed
+    torch.manual_seed(seed)
+    random.seed(seed)
+    torch.use_deterministic_algorithms(cfg.run.deterministic)
+    task = build_task(cfg.task, for_training=rollout is not None)
+    try:
+        m = cfg.model
+        model, tok = load_model(weights or m.path, m.trust_remote_code, seed, m.attention)
+        d.broadcast_parameters(model)
+        # the sampler's weights are a full copy when the policy's are sharded, so build it first
+        engine = HFEngine(model, stop_token_ids(model, tok), tok.pad_token_id, compute.sampling, seed=seed,
+                          separate=d.fsdp)
+        limit_prompt_length(task, tok, model, max_new_tokens)
+    except BaseException:
+        task.close()  # grader workers must not outlive a failed start
+        raise
+    run = Run(cfg, compute, model, tok, task, engine, d, policy=model)
+    if isinstance(cfg, Config):
+        run.policy = d.shard(model)
+        if cfg.algo.kl_coef > 0:  # the reference is the initial policy, also after a resume
+            run.ref_model = load_model(m.path, m.trust_remote_code, seed, m.attention)[0].requires_grad_(False)
+            d.broadcast_parameters(run.ref_model)
+        run.optimizer = build_optimizer(model, cfg.optim)
+        warmup = cfg.optim.warmup_steps
+        run.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            run.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        run.shuffle = torch.Generator().manual_seed(seed + 1)
+    else:
+        model.eval()
+    return run
+
+
+def build_optimizer(model: torch.nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
+    # fused: one kernel per parameter instead of a chain of foreach passes (~3x faster step on CPU)
+    return torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+                             fused=True)
+
+
+def output_dir(template: str, d: Dist = Dist()) -> Path:
+    """``run.dir`` with ``{time}`` filled in; rank 0's clock names it, so every process shares one."""
+    return Path(d.broadcast(template.replace("{time}", time.strftime("%Y%m%d-%H%M%S"))))
