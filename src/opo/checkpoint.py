@@ -3,15 +3,24 @@
 A checkpoint is written into a temporary directory, every file is fsynced, and the directory is
 renamed to ``step_NNNNNNN``: a directory with that name is always complete. Training state loads
 with ``weights_only=True``, so reading a checkpoint never executes code.
+
+A checkpoint damaged afterwards (a truncated copy, a disk error) is detected cheaply by
+:func:`latest` (safetensors headers against file sizes, the state file's zip directory), which then
+falls back to the newest intact one with a warning. A disk that fills up during a save raises
+:class:`DiskFull`, removes the partial save and keeps the previous checkpoints.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import random
 import re
 import shutil
+import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,6 +34,39 @@ from torch.distributed.checkpoint.state_dict import (
 
 _NAME = re.compile(r"^step_(\d{7})$")
 STATE_FILE = "trainer_state.pt"
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "os error 28)", "os error 122)")
+_LOW_SPACE = 64 << 20  # bytes: a write failing with less than this free is taken for a full disk
+
+
+class DiskFull(OSError):
+    """The disk (or the quota) filled up while writing a checkpoint or a log. The partial write is
+    undone, earlier checkpoints are kept and the run can be resumed; the message says so in one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
+def is_disk_full(exc: BaseException, where: Optional[Path] = None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a full disk or quota. torch.save
+    reports one as a bare ``RuntimeError`` ("unexpected pos ..."), so a failed write with less than
+    64 MiB left on ``where``'s file system counts too."""
+    seen: set[int] = set()
+    e: Optional[BaseException] = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+            return True
+        if any(t in str(e) for t in _FULL_TEXTS):
+            return True
+        e = e.__cause__ or e.__context__
+    if where is not None and isinstance(exc, (OSError, RuntimeError)):
+        try:
+            return shutil.disk_usage(where).free < _LOW_SPACE
+        except OSError:
+            return False
+    return False
 
 
 def _fsync_tree(path: Path) -> None:
@@ -84,9 +126,22 @@ def save(
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_tree(ckpt_root)
+    except Exception as e:
+        if not is_disk_full(e, tmp):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = _newest_intact([p for p in _step_dirs(ckpt_root) if p != final], warn=False)
+        raise DiskFull(
+            f"disk full while writing checkpoint step {step} to {final}: the partial checkpoint is removed and "
+            + (f"the last good checkpoint {kept} is kept" if kept else "no earlier checkpoint exists")
+            + f"; free space, then resume the run in {ckpt_root.parent} with checkpoint.resume=true"
+        ) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    for old in complete_checkpoints(ckpt_root)[:-keep]:
+    # only checkpoints up to this step count: a newer one is a damaged one that resuming skipped
+    # (it is replaced when training reaches its step again)
+    done = [p for p in complete_checkpoints(ckpt_root) if _step_of(p) <= step]
+    for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -99,17 +154,106 @@ def remove_partial(ckpt_root: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def complete_checkpoints(ckpt_root: Path) -> list[Path]:
-    """Complete checkpoint directories, oldest first (temporary ones are ignored)."""
+def _step_of(p: Path) -> int:
+    return int(_NAME.match(p.name).group(1))
+
+
+def _step_dirs(ckpt_root: Path) -> list[Path]:
+    """Directories named ``step_NNNNNNN``, oldest first."""
     if not ckpt_root.is_dir():
         return []
-    found = [p for p in ckpt_root.iterdir() if p.is_dir() and _NAME.match(p.name) and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+    return sorted((p for p in ckpt_root.iterdir() if p.is_dir() and _NAME.match(p.name)), key=_step_of)
+
+
+def complete_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Complete checkpoint directories, oldest first (temporary ones are ignored)."""
+    return [p for p in _step_dirs(ckpt_root) if (p / STATE_FILE).is_file()]
 
 
 def latest(ckpt_root: Path) -> Optional[Path]:
-    found = complete_checkpoints(ckpt_root)
-    return found[-1] if found else None
+    """The newest intact checkpoint under ``ckpt_root`` (None if there is none). A newer one that
+    is damaged (see :func:`damage`) is skipped with a warning naming the broken file."""
+    return _newest_intact(_step_dirs(ckpt_root), warn=True)
+
+
+def _newest_intact(candidates: list[Path], warn: bool) -> Optional[Path]:
+    for ckpt in reversed(candidates):
+        problem = damage(ckpt)
+        if problem is None:
+            return ckpt
+        if warn and os.environ.get("RANK", "0") == "0":  # one warning for a run of several processes
+            print(f"opo: warning: skipping damaged checkpoint {ckpt}: {problem}", file=sys.stderr)
+    return None
+
+
+def damage(ckpt: Path) -> Optional[str]:
+    """What is wrong with checkpoint directory ``ckpt`` (naming the file), or None if it looks intact.
+
+    Cheap (no tensor is read): the state file's zip directory must be readable (it sits at the
+    file's end, so a truncated file has none), config.json must parse, and every safetensors file's
+    header must parse and account for exactly the file's size."""
+    state = ckpt / STATE_FILE
+    if not state.is_file():
+        return f"{state} is missing"
+    try:
+        with zipfile.ZipFile(state) as z:
+            if not z.namelist():
+                return f"{state} is empty"
+    except (OSError, zipfile.BadZipFile, ValueError) as e:
+        return f"{state} is truncated or corrupt ({e})"
+    cfg = ckpt / "config.json"
+    if not cfg.is_file():
+        return f"{cfg} is missing"
+    try:
+        json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return f"{cfg} is not valid JSON ({e})"
+    return weights_damage(ckpt)
+
+
+def weights_damage(model_dir: Path) -> Optional[str]:
+    """What is wrong with the safetensors weights of a model directory (none, a shard its index
+    lists is missing, a truncated file), or None."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            return f"{index} is not a valid safetensors index ({e})"
+        missing = [s for s in shards if not (model_dir / s).is_file()]
+        if missing:
+            return f"{model_dir / missing[0]} is missing (listed in {index.name})"
+    elif not files:
+        return f"{model_dir / 'model.safetensors'} is missing"
+    for f in files:
+        problem = safetensors_damage(f)
+        if problem is not None:
+            return problem
+    return None
+
+
+def safetensors_damage(path: Path) -> Optional[str]:
+    """What is wrong with a safetensors file, judged from its header and size alone, or None."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                return f"{path} is truncated ({size} bytes, not even a header)"
+            n = int.from_bytes(prefix, "little")
+            if n > size - 8:
+                return f"{path} is truncated ({size} bytes, shorter than its {n}-byte header)"
+            header = json.loads(f.read(n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        return f"{path} has an unreadable header ({type(e).__name__}: {e})"
+    expected = 8 + n + end
+    if size < expected:
+        return f"{path} is truncated ({size} of {expected} bytes)"
+    if size > expected:
+        return f"{path} is corrupt ({size - expected} bytes beyond its last tensor)"
+    return None
 
 
 def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

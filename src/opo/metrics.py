@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from pathlib import Path
@@ -79,8 +80,32 @@ class JsonlLogger:
             self.tb = SummaryWriter(str(tensorboard_dir))
 
     def log(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        """Append ``row`` as one line. A full disk raises :class:`opo.checkpoint.DiskFull` and leaves
+        the file as it was (no half-written line)."""
+        data = (json.dumps(row) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError as e:
+                try:
+                    os.ftruncate(fd, start)  # drop a partial line; frees what it took
+                except OSError:
+                    pass
+                from opo.checkpoint import DiskFull, is_disk_full
+
+                if is_disk_full(e):
+                    raise DiskFull(
+                        f"disk full while writing the row of step {row.get('step')} to {self.path}: the row is not "
+                        "written and the file is left as it was; free space, then resume the run with "
+                        "checkpoint.resume=true (it continues from its last checkpoint)"
+                    ) from e
+                raise
+        finally:
+            os.close(fd)
         if self.tb is not None:
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
