@@ -59,3 +59,69 @@ def test_load_run_names_the_problem(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{oops\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not valid JSON"):
         load_run(tmp_path)
+
+
+# Issue 15: a damaged run or an unwritable output is a warning or one line, never a traceback.
+
+
+def test_unreadable_config_and_summary_are_warned_about_and_treated_as_empty(tmp_path, capsys):
+    a, b = fake_run(tmp_path, "a", 1e-5), fake_run(tmp_path, "b", 2e-5)
+    (a / "config.yaml").write_text("optim: {lr: [1e-5\n")  # invalid YAML
+    (b / "config.yaml").write_text("- just\n- a list\n")  # YAML, but not a mapping
+    (b / "summary.json").write_text('{"before": {"eval/accuracy": 0.2')  # cut short
+    page = write_report([str(a), str(b)], str(tmp_path / "r.html")).read_text()
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"opo: warning: {a / 'config.yaml'}: ignored, cannot be read (")
+    assert err[1] == f"opo: warning: {b / 'config.yaml'}: ignored, it holds a list, not a mapping"
+    assert err[2].startswith(f"opo: warning: {b / 'summary.json'}: ignored, cannot be read (")
+    assert len(err) == 3 and "optim.lr" not in page and page.count("<polyline") == 2 * len(PLOTS)
+
+
+def test_metrics_lines_that_are_not_objects_and_a_cut_last_line_are_dropped_with_a_warning(tmp_path, capsys):
+    run = fake_run(tmp_path, "run", 1e-5, steps=3)
+    metrics = run / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    lines[1:1] = ["[1, 2]", "3"]  # valid JSON, not objects (lines 2 and 3)
+    metrics.write_text("\n".join(lines) + '\n{"step": 4, "reward/mean": 0.')  # power loss mid-row: no newline
+    loaded = load_run(run)
+    assert [r.get("step") for r in loaded["rows"]] == [0, 1, 2, 3, 3]
+    assert capsys.readouterr().err.splitlines() == [
+        f"opo: warning: {metrics}:2: dropped a line that is a JSON list, not an object",
+        f"opo: warning: {metrics}:3: dropped a line that is a JSON int, not an object",
+        f"opo: warning: {metrics}:{len(lines) + 1}: dropped the last line, cut short by an interrupted write "
+        "(not valid JSON)",
+    ]
+    metrics.write_text('{"step": "one", "reward/mean": 1}\n{"step": [2], "reward/mean": 2}\n{"step": 3, "reward/mean": 3}\n')
+    assert write_report([str(run)], str(tmp_path / "r.html")).is_file()  # steps that are not numbers: not plotted
+
+
+def test_a_run_directory_that_is_missing_or_not_a_run_is_named(tmp_path):
+    with pytest.raises(ValueError, match=f"^run directory {tmp_path / 'nope'} does not exist$"):
+        write_report([str(tmp_path / "nope")], str(tmp_path / "r.html"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not an opo run directory"):
+        write_report([str(tmp_path / "file")], str(tmp_path / "r.html"))
+    with pytest.raises(ValueError, match=f"^{tmp_path} is not an opo run directory: no metrics.jsonl$"):
+        write_report([str(tmp_path)], str(tmp_path / "r.html"))
+
+
+def test_an_output_that_cannot_be_written_is_named_in_one_line(tmp_path):
+    import os
+
+    run = [str(fake_run(tmp_path, "run", 1e-5))]
+    cases = {
+        tmp_path / "missing" / "r.html": f"its directory {tmp_path / 'missing'} does not exist",
+        tmp_path / "run": "it is a directory",
+        tmp_path / "run" / "config.yaml" / "r.html": "Not a directory",
+    }
+    (tmp_path / "full.html").symlink_to("/dev/full")  # a real ENOSPC
+    cases[tmp_path / "full.html"] = "No space left on device"
+    if os.geteuid() != 0:  # root writes into read-only directories
+        (tmp_path / "ro").mkdir(mode=0o555)
+        cases[tmp_path / "ro" / "r.html"] = "Permission denied"
+    for out, why in cases.items():
+        with pytest.raises(ValueError) as err:
+            write_report(run, str(out))
+        assert str(err.value) == f"cannot write the report to {out}: {why}", out
+    with pytest.raises(ValueError, match=f"^cannot create the SVG directory {tmp_path / 'run' / 'config.yaml'}: "):
+        write_report(run, str(tmp_path / "r.html"), str(tmp_path / "run" / "config.yaml"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,21 +36,68 @@ COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e3
 
 
 def load_run(path: Path) -> dict[str, Any]:
-    """A run's metric rows, flattened config and summary; a clear error when it is not a run directory."""
+    """A run's metric rows, flattened config and summary; a clear error when it is not a run directory.
+
+    What an interrupted write leaves is read around, with a warning naming the file: a last line
+    cut short (no newline, not JSON), a line that is JSON but not an object, a config.yaml or
+    summary.json that cannot be read. Any other line that is not JSON is an error naming it."""
+    if not path.exists():
+        raise ValueError(f"run directory {path} does not exist")
+    if not path.is_dir():
+        raise ValueError(f"{path} is a file, not an opo run directory")
     metrics = path / "metrics.jsonl"
     if not metrics.is_file():
         raise ValueError(f"{path} is not an opo run directory: no metrics.jsonl")
+    try:
+        text = metrics.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise ValueError(f"cannot read {metrics}: {e.strerror or e}") from None
+    lines = text.split("\n")  # the last item is what follows the final newline: "" unless cut short
     rows = []
-    for n, line in enumerate(metrics.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{metrics}:{n}: not valid JSON ({e.msg})") from None
-    config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
-    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
-    return {"name": path.name or str(path), "path": str(path), "rows": rows, "config": _flatten(config or {}),
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == len(lines):
+                _warn(f"{metrics}:{n}: dropped the last line, cut short by an interrupted write (not valid JSON)")
+                continue
+            raise ValueError(f"{metrics}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            _warn(f"{metrics}:{n}: dropped a line that is a JSON {type(row).__name__}, not an object")
+            continue
+        rows.append(row)
+    config = _read_optional(path / "config.yaml", yaml.safe_load, yaml.YAMLError)
+    summary = _read_optional(path / "summary.json", json.loads, ValueError)
+    return {"name": path.name or str(path), "path": str(path), "rows": rows, "config": _flatten(config),
             "summary": summary}
+
+
+def _read_optional(f: Path, parse: Any, error: type) -> dict:
+    """The mapping in ``f``, or {} (with a warning naming ``f`` when it exists but is unusable)."""
+    if not f.exists():
+        return {}
+    try:
+        value = parse(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, error) as e:
+        _warn(f"{f}: ignored, cannot be read ({_first_line(e)})")
+        return {}
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        _warn(f"{f}: ignored, it holds a {type(value).__name__}, not a mapping")
+        return {}
+    return value
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _warn(message: str) -> None:
+    print(f"opo: warning: {message}", file=sys.stderr)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -66,10 +114,14 @@ def series(run: dict[str, Any], key: str) -> list[tuple[float, float]]:
     """(step, value) points of ``key``; a step logged twice (the final evaluation) keeps its last value."""
     points: dict[float, float] = {}
     for row in run["rows"]:
-        value = row.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value) and "step" in row:
-            points[float(row["step"])] = float(value)
+        value, step = row.get(key), row.get("step")
+        if _finite(value) and _finite(step):
+            points[float(step)] = float(value)
     return sorted(points.items())
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -182,7 +234,8 @@ def summary_table(runs: list[dict[str, Any]]) -> str:
         cells = [f'<td><span class="swatch" style="background:{COLORS[i % len(COLORS)]}"></span>'
                  f'{html.escape(r["name"])}</td>']
         for when in ("before", "after"):
-            v = s.get(when, {}).get("eval/accuracy")
+            evaluation = s.get(when)
+            v = evaluation.get("eval/accuracy") if isinstance(evaluation, dict) else None
             cells.append(f"<td>{v:.1%}</td>" if isinstance(v, (int, float)) else "<td>-</td>")
         for key in ("entropy", "policy_shift/k3", "repetition/degenerate"):
             vals = [v for _, v in series(r, key)]
@@ -231,9 +284,24 @@ def write_report(run_dirs: list[str], out: str, svg_dir: Optional[str] = None) -
         if names.count(r["name"]) > 1:
             r["name"] = f"{Path(r['path']).parent.name}/{r['name']}"
     path = Path(out)
-    path.write_text(render(runs))
+    if path.is_dir():
+        raise ValueError(f"cannot write the report to {path}: it is a directory")
+    _write(path, render(runs), "the report")
     if svg_dir is not None:
-        Path(svg_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(svg_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot create the SVG directory {svg_dir}: {e.strerror or e}") from None
         for key, svg in charts(runs, legend=True).items():
-            Path(svg_dir, key.replace("/", "_") + ".svg").write_text(svg)
+            _write(Path(svg_dir, key.replace("/", "_") + ".svg"), svg, "a chart")
     return path
+
+
+def _write(path: Path, text: str, what: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        why = e.strerror or str(e)
+        if isinstance(e, FileNotFoundError) and not path.parent.is_dir():
+            why = f"its directory {path.parent} does not exist"
+        raise ValueError(f"cannot write {what} to {path}: {why}") from None
