@@ -28,12 +28,14 @@ def _truncate(path):
     path.write_bytes(data[: len(data) // 2])
 
 
-@pytest.mark.parametrize("damage", ["truncated weights", "truncated state", "missing state", "missing weights"])
+@pytest.mark.parametrize("damage", ["truncated weights", "truncated state", "missing state", "missing weights",
+                                    "missing settings"])
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before_with_a_warning(tiny, tmp_path, capsys, damage):
     root = tmp_path / "checkpoints"
     _save(tiny, root, 2)
     newest = _save(tiny, root, 4)
-    broken = newest / ("model.safetensors" if "weights" in damage else checkpoint.STATE_FILE)
+    broken = newest / {"weights": "model.safetensors", "state": checkpoint.STATE_FILE, "settings": "config.yaml"}[
+        damage.split()[1]]
     if damage.startswith("truncated"):
         _truncate(broken)
     else:

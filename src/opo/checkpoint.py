@@ -190,8 +190,8 @@ def damage(ckpt: Path) -> Optional[str]:
     """What is wrong with checkpoint directory ``ckpt`` (naming the file), or None if it looks intact.
 
     Cheap (no tensor is read): the state file's zip directory must be readable (it sits at the
-    file's end, so a truncated file has none), config.json must parse, and every safetensors file's
-    header must parse and account for exactly the file's size."""
+    file's end, so a truncated file has none), config.json and config.yaml must parse, and every
+    safetensors file's header must parse and account for exactly the file's size."""
     state = ckpt / STATE_FILE
     if not state.is_file():
         return f"{state} is missing"
@@ -208,6 +208,14 @@ def damage(ckpt: Path) -> Optional[str]:
         json.loads(cfg.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         return f"{cfg} is not valid JSON ({e})"
+    settings = ckpt / "config.yaml"  # the run's settings, compared on resume
+    try:
+        if not isinstance(yaml.safe_load(settings.read_text(encoding="utf-8")), (dict, type(None))):
+            return f"{settings} is not a mapping"
+    except FileNotFoundError:
+        return f"{settings} is missing"
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        return f"{settings} cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
     return weights_damage(ckpt)
 
 
