@@ -155,3 +155,32 @@ def test_eval_refuses_a_prompt_longer_than_the_context_naming_file_and_line(tmp_
                     + json.dumps({"question": "seven " * 600, "answer": "7"}) + "\n")
     proc = opo("eval", "model.path=tiny", "task=jsonl", f"data_path={data}", "max_new_tokens=5", check=False)
     assert proc.returncode == 2 and "d.jsonl:2: prompt of" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eval_refuses_an_unusable_output_directory_before_loading_the_model(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = opo("eval", "model.path=/nonexistent/model", f"out_dir={blocker / 'ev'}", check=False)
+    assert proc.returncode == 2 and "is a file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_during_eval_keeps_the_finished_problems_and_exits_130(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "ev"
+    proc = subprocess.Popen([sys.executable, "-m", "opo", "eval", "model.path=tiny", "task=gsm8k", "limit=200", "n=0",
+                             "max_new_tokens=32", "batch_size=2", f"out_dir={out}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    samples = out / "samples.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (samples.exists() and samples.read_text().count("\n") >= 4):
+        time.sleep(0.2)  # samples are written as they are graded
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    written = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert summary["interrupted"] and 4 <= summary["metrics"]["eval/n"] == len(written) < 200
+    assert "accuracy" in stdout  # the table of what was finished

@@ -45,7 +45,7 @@ def test_resume_without_a_checkpoint_starts_the_logs_afresh(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 0, "eval/accuracy": 0.5}\n{"step": 1, "loss": 1.0}\n')
     (tmp_path / "checkpoints" / ".step_0000001.abc").mkdir(parents=True)  # a killed save's temporary directory
     run(tmp_path, "train.steps=2", "checkpoint.resume=true")
-    assert steps(tmp_path) == [1, 2, 2]
+    assert steps(tmp_path) == [1, 1, 2, 2]  # step 1 also holds that run's final evaluation
     assert not list((tmp_path / "checkpoints").glob(".step_*"))
 
 
@@ -61,3 +61,28 @@ def test_truncating_a_log_keeps_earlier_rows_drops_a_partial_line_and_is_atomic(
     with pytest.raises(KeyboardInterrupt):
         rundir.truncate_log(log, 0)
     assert log.read_text() == before  # the log is whole: the new one was only a temporary file
+
+
+def test_resume_with_changed_settings_is_refused_showing_the_difference(tmp_path):
+    import yaml
+
+    run(tmp_path, "train.steps=1")
+    with pytest.raises(ConfigError, match=r"differ from the run's .*algo.advantage: 'opo' -> 'grpo'.*"
+                                          r"model.path: 'tiny' -> 'other'.*checkpoint.allow_changes=true"):
+        run(tmp_path, "train.steps=2", "checkpoint.resume=true", "algo.advantage=grpo", "model.path=other")
+    assert steps(tmp_path) == [1, 1]  # refused before anything was written
+    # what may change: the length of the run, logging, evaluation and checkpointing
+    run(tmp_path, "train.steps=2", "checkpoint.resume=true", "checkpoint.keep=3", "train.shift_every=1")
+    assert steps(tmp_path) == [1, 1, 2, 2]  # step 1 also holds that run's final evaluation
+    # an explicit yes resumes, and config.yaml then records the settings the run goes on with
+    run(tmp_path, "train.steps=3", "checkpoint.resume=true", "algo.advantage=grpo", "checkpoint.allow_changes=true")
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["algo"]["advantage"] == "grpo"
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_a_run_dir_that_cannot_be_a_directory_is_refused_before_the_model_loads(tmp_path, where):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    target = blocker if where == "file" else blocker / "run"
+    with pytest.raises(ConfigError, match="is a file"):
+        run(target, "model.path=/nonexistent/model")  # the model is never reached
