@@ -96,10 +96,11 @@ def test_metrics_lines_that_are_not_objects_and_a_cut_last_line_are_dropped_with
 
 
 def test_a_run_directory_that_is_missing_or_not_a_run_is_named(tmp_path):
-    with pytest.raises(ValueError, match=f"^run directory {tmp_path / 'nope'} does not exist$"):
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'nope'} is not an opo run directory: no metrics.jsonl \(the "
+                                         r"directory does not exist\)$"):
         write_report([str(tmp_path / "nope")], str(tmp_path / "r.html"))
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match="is a file, not an opo run directory"):
+    with pytest.raises(ValueError, match=r"file is not an opo run directory: no metrics.jsonl \(it is a file\)$"):
         write_report([str(tmp_path / "file")], str(tmp_path / "r.html"))
     with pytest.raises(ValueError, match=f"^{tmp_path} is not an opo run directory: no metrics.jsonl$"):
         write_report([str(tmp_path)], str(tmp_path / "r.html"))

@@ -42,9 +42,9 @@ def load_run(path: Path) -> dict[str, Any]:
     cut short (no newline, not JSON), a line that is JSON but not an object, a config.yaml or
     summary.json that cannot be read. Any other line that is not JSON is an error naming it."""
     if not path.exists():
-        raise ValueError(f"run directory {path} does not exist")
+        raise ValueError(f"{path} is not an opo run directory: no metrics.jsonl (the directory does not exist)")
     if not path.is_dir():
-        raise ValueError(f"{path} is a file, not an opo run directory")
+        raise ValueError(f"{path} is not an opo run directory: no metrics.jsonl (it is a file)")
     metrics = path / "metrics.jsonl"
     if not metrics.is_file():
         raise ValueError(f"{path} is not an opo run directory: no metrics.jsonl")
