@@ -91,7 +91,8 @@ def test_metrics_lines_that_are_not_objects_and_a_cut_last_line_are_dropped_with
         f"opo: warning: {metrics}:{len(lines) + 1}: dropped the last line, cut short by an interrupted write "
         "(not valid JSON)",
     ]
-    metrics.write_text('{"step": "one", "reward/mean": 1}\n{"step": [2], "reward/mean": 2}\n{"step": 3, "reward/mean": 3}\n')
+    rows = [{"step": "one", "reward/mean": 1}, {"step": [2], "reward/mean": 2}, {"step": 3, "reward/mean": 3}]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert write_report([str(run)], str(tmp_path / "r.html")).is_file()  # steps that are not numbers: not plotted
 
 

@@ -115,7 +115,12 @@ def save(
     ckpt_root.mkdir(parents=True, exist_ok=True)
     remove_partial(ckpt_root)
     final = ckpt_root / f"step_{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:07d}.", dir=ckpt_root))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:07d}.", dir=ckpt_root))
+    except OSError as e:  # not even a directory entry fits
+        if is_disk_full(e):
+            raise DiskFull(_disk_full_message(ckpt_root, step)) from e
+        raise
     try:
         model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
@@ -130,12 +135,7 @@ def save(
         if not is_disk_full(e, tmp):
             raise
         shutil.rmtree(tmp, ignore_errors=True)
-        kept = _newest_intact([p for p in _step_dirs(ckpt_root) if p != final], warn=False)
-        raise DiskFull(
-            f"disk full while writing checkpoint step {step} to {final}: the partial checkpoint is removed and "
-            + (f"the last good checkpoint {kept} is kept" if kept else "no earlier checkpoint exists")
-            + f"; free space, then resume the run in {ckpt_root.parent} with checkpoint.resume=true"
-        ) from e
+        raise DiskFull(_disk_full_message(ckpt_root, step)) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     # only checkpoints up to this step count: a newer one is a damaged one that resuming skipped
@@ -144,6 +144,14 @@ def save(
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _disk_full_message(ckpt_root: Path, step: int) -> str:
+    final = ckpt_root / f"step_{step:07d}"
+    kept = _newest_intact([p for p in _step_dirs(ckpt_root) if p != final], warn=False)
+    return (f"disk full while writing checkpoint step {step} to {final}: the partial checkpoint is removed and "
+            + (f"the last good checkpoint {kept} is kept" if kept else "no earlier checkpoint exists")
+            + f"; free space, then resume the run in {ckpt_root.parent} with checkpoint.resume=true")
 
 
 def remove_partial(ckpt_root: Path) -> None:

@@ -179,7 +179,8 @@ def _load_weights(path: str, src: str, trust_remote_code: bool) -> PreTrainedMod
                 f"{f' ({len(rows)} tensor groups differ)' if len(rows) > 1 else ''}; check hidden_size, "
                 "intermediate_size, vocab_size and the head counts") from None
         raise ValueError(f"model.path '{path}': cannot load the model from {src}: {_one_line(e)}") from None
-    for kind, what in (("missing_keys", "missing from the weights"), ("unexpected_keys", "in the weights but not in the model")):
+    for kind, what in (("missing_keys", "missing from the weights"),
+                       ("unexpected_keys", "in the weights but not in the model")):
         keys = sorted(info.get(kind) or [])
         if keys:
             raise ValueError(
@@ -194,8 +195,8 @@ def _load_weights(path: str, src: str, trust_remote_code: bool) -> PreTrainedMod
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_MISMATCH_ROW = re.compile(r"^(\S.*?)\s*\|\s*MISMATCH\s*\|.*?ckpt: torch\.Size\((\[.*?\])\) vs model:\s*torch\.Size\((\[.*?\])\)",
-                           re.M)
+_MISMATCH_ROW = re.compile(  # a row of that table: key | MISMATCH | ... ckpt: torch.Size([..]) vs model:...
+    r"^(\S.*?)\s*\|\s*MISMATCH\s*\|.*?ckpt: torch\.Size\((\[.*?\])\) vs model:\s*torch\.Size\((\[.*?\])\)", re.M)
 
 
 @contextmanager
@@ -308,7 +309,8 @@ def _check_model_dir(path: str, d: Path) -> None:
     """Refuse, saying why, what is not a Hugging Face model directory."""
     who = f"model.path '{path}'"
     if not d.exists():
-        raise ValueError(f"{who}: no such file or directory" + ("" if d.parent.is_dir() else f" ({d.parent} is missing too)"))
+        also = "" if d.parent.is_dir() else f" ({d.parent} is missing too)"
+        raise ValueError(f"{who}: no such file or directory{also}")
     if d.is_file():
         if d.suffix.lower() == ".gguf":
             raise ValueError(_gguf_message(who, d))
@@ -322,7 +324,8 @@ def _check_model_dir(path: str, d: Path) -> None:
     except OSError as e:
         raise ValueError(f"{who}: cannot read the directory ({e.strerror})") from None
     if not entries:
-        raise ValueError(f"{who} is an empty directory: it needs config.json, model.safetensors and the tokenizer's files")
+        raise ValueError(f"{who} is an empty directory: it needs config.json, model.safetensors and the tokenizer's "
+                         "files")
     ckpts = d / "checkpoints"
     if not (d / "config.json").exists() and (ckpts.is_dir() or any(checkpoint._NAME.match(e) for e in entries)):
         root = ckpts if ckpts.is_dir() else d
@@ -330,7 +333,8 @@ def _check_model_dir(path: str, d: Path) -> None:
         what = "an opo run directory" if root is ckpts else "an opo checkpoints directory"
         raise ValueError(
             f"{who} is {what}, not a model: "
-            + (f"load its newest checkpoint with model.path={newest}" if newest else f"{root} holds no intact checkpoint")
+            + (f"load its newest checkpoint with model.path={newest}" if newest
+               else f"{root} holds no intact checkpoint")
         )
     if not (d / "config.json").is_file():
         ggufs = [e for e in entries if e.lower().endswith(".gguf")]
