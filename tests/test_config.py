@@ -13,7 +13,7 @@ from opo.config import Config, ConfigError, describe, load_config, load_diagnose
 def test_defaults_validate_and_describe_every_key():
     cfg = load_config()
     assert cfg.algo.advantage == "opo" and not cfg.off_policy
-    text = describe()
+    text = describe(Config())
     for section, values in cfg.to_dict().items():
         for name in values:
             assert f"{section}.{name} (" in text

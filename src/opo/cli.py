@@ -9,6 +9,7 @@ import sys
 from typing import Optional
 
 from opo.config import (
+    Config,
     ConfigError,
     DiagnoseConfig,
     EvalConfig,
@@ -50,7 +51,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p_train = sub.add_parser(
         "train", help="train a policy with OPO (or another registered algorithm)",
         description="Train a policy. Settings come from the defaults, then CONFIG.yaml, then key=value "
-        "overrides (values are YAML: 1e-5, true, null, {a: 1}).\n\nconfig keys:\n" + describe(),
+        "overrides (values are YAML: 1e-5, true, null, {a: 1}).\n\nconfig keys:\n" + describe(Config()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p_train.add_argument("settings", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")

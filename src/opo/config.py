@@ -1,26 +1,23 @@
-"""The one documented config: nested dataclasses, a YAML file and ``key=value`` overrides.
+"""The one documented config: a dataclass section per concern, one config per command.
 
-Every field carries its documentation in ``metadata["help"]``; ``opo train --help`` prints them.
-Values are type-checked as they are set and :meth:`Config.validate` refuses bad ranges and
-contradictory settings up front, naming the key and what is allowed.
+Every field carries its one-line documentation (``opo train --help`` prints them) and, where it
+has one, its lower bound; :mod:`opo.settings` reads YAML files and ``key=value`` overrides into
+them, and each config's ``validate`` refuses contradictory settings up front, naming the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import math
-import types
-import typing
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Optional, Union
-
-import yaml
-
+from typing import Any, Literal, Optional
 
 from opo.errors import ConfigError
+from opo.settings import is_number, apply_settings, describe, get_key, parse_value, set_key
+
+__all__ = ["Config", "ConfigError", "DiagnoseConfig", "EvalConfig", "apply_settings", "describe", "load_config",
+           "load_diagnose_config", "load_eval_config", "parse_value"]
 
 Precision = Literal["auto", "bf16", "fp32"]
 
@@ -182,7 +179,7 @@ class Config:
                 "baseline minimises the gradient variance when every token weighs the same (token-mean or "
                 "seq-mean-token-sum); averaging each sequence first gives short responses more weight per token, so "
                 "the baseline is no longer the optimal one (arXiv 2505.23585)", stacklevel=2)
-        if len(self.optim.betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in self.optim.betas):
+        if len(self.optim.betas) != 2 or not all(is_number(b) and 0 <= b < 1 for b in self.optim.betas):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.optim.betas}")
         if self.rollout.prompts_per_step % self.algo.mini_batches:
             raise ConfigError(
@@ -290,7 +287,7 @@ DIAGNOSE_ALIASES = {"task": "task.name", "prompts": "rollout.prompts_per_step", 
 def load_diagnose_config(path: Optional[str] = None, overrides: list[str] = ()) -> DiagnoseConfig:
     """``opo diagnose`` settings: defaults, YAML file, ``key=value`` overrides; validated."""
     cfg = DiagnoseConfig()
-    apply_settings(cfg, path, list(overrides), DIAGNOSE_ALIASES)
+    apply_settings(cfg, path, list(overrides), DIAGNOSE_ALIASES, MOVED)
     return cfg.validate()
 
 
@@ -301,74 +298,8 @@ EVAL_ALIASES = {"task": "task.name", "limit": "task.eval_size", "data_path": "ta
 def load_eval_config(path: Optional[str] = None, overrides: list[str] = ()) -> EvalConfig:
     """``opo eval`` settings: defaults, YAML file, ``key=value`` overrides; validated."""
     cfg = EvalConfig()
-    apply_settings(cfg, path, list(overrides), EVAL_ALIASES)
+    apply_settings(cfg, path, list(overrides), EVAL_ALIASES, MOVED)
     return cfg.validate()
-
-
-def _field_names(obj: Any) -> list[str]:
-    return [f.name for f in dataclasses.fields(obj)]
-
-
-def _walk(root: Any, key: str) -> tuple[Any, str]:
-    """The dataclass holding the last part of a dotted ``key``, and that part; unknown keys raise."""
-    parts = key.split(".")
-    obj, path = root, []
-    for part in parts[:-1]:
-        if part not in _field_names(obj) or not dataclasses.is_dataclass(getattr(obj, part)):
-            where = ".".join(path) or "the top level"
-            sections = [n for n in _field_names(obj) if dataclasses.is_dataclass(getattr(obj, n))]
-            raise ConfigError(f"unknown config key '{key}': no section '{part}' at {where}; sections: {', '.join(sections)}")
-        obj, path = getattr(obj, part), path + [part]
-    if parts[-1] not in _field_names(obj) or dataclasses.is_dataclass(getattr(obj, parts[-1])):
-        where = f"keys of '{'.'.join(path)}'" if path else "top-level keys"
-        names = [n if not dataclasses.is_dataclass(getattr(obj, n)) else f"{n}.*" for n in _field_names(obj)]
-        raise ConfigError(f"unknown config key '{key}'; {where}: {', '.join(names)}")
-    return obj, parts[-1]
-
-
-def get_key(root: Any, key: str) -> Any:
-    obj, name = _walk(root, key)
-    return getattr(obj, name)
-
-
-def set_key(root: Any, key: str, value: Any) -> None:
-    """Set a dotted ``key`` of a nested dataclass, checking the key exists and the value's type."""
-    obj, name = _walk(root, key)
-    setattr(obj, name, _coerce(key, value, typing.get_type_hints(type(obj))[name]))
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner)
-    if origin is Literal:
-        allowed = typing.get_args(hint)
-        if value not in allowed or isinstance(value, bool):
-            raise ConfigError(f"{key}='{value}' is not allowed; choose one of: {', '.join(allowed)}")
-        return value
-    expected = origin or hint
-    if expected is list and isinstance(value, str):  # k=1,4,8
-        value = [parse_value(v) for v in value.split(",") if v.strip()]
-    elif expected is list and _is_number(value):
-        value = [value]
-    if expected is float and isinstance(value, str):  # YAML 1.1 reads 1e-5 as a string
-        value = parse_value(value)
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected is str and (_is_number(value) or isinstance(value, datetime.date)):
-        return str(value)  # e.g. model.path=1234 names a directory; run.dir: 2026-11-26 in YAML
-    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
-        hint_text = ""
-        if expected is str and isinstance(value, (dict, list)):
-            hint_text = ("; YAML read the value as a mapping or list: quote it, e.g. key: 'Solve: {question}' in a "
-                         "file (on the command line key=text is taken as text)")
-        raise ConfigError(f"{key} must be {getattr(expected, '__name__', expected)}, got {value!r} "
-                          f"({type(value).__name__}){hint_text}")
-    return value
 
 
 def validate_common(cfg: Any) -> None:
@@ -430,10 +361,6 @@ def _finite(text: str) -> bool:
         return False
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _choice(key: str, value: str, allowed: list[str]) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}='{value}' is not allowed; choose one of: {', '.join(allowed)}")
@@ -444,96 +371,10 @@ def _at_least(key: str, value: Any, low: float) -> None:
         raise ConfigError(f"{key} must be >= {low}, got {value}")
 
 
-def parse_value(text: str) -> Any:
-    """Parse the right-hand side of ``key=value`` as YAML (``1e-5``, ``true``, ``null``, ``{a: 1}``)."""
-    try:
-        value = yaml.safe_load(text)
-    except (yaml.YAMLError, ValueError):  # ValueError: a date-like value that is no date, e.g. 2001-13-01
-        return text
-    # YAML 1.1 reads '1e-5' as a string; accept it as the float a user means.
-    if isinstance(value, str):
-        try:
-            return float(value) if any(c in value.lower() for c in ".e") else value
-        except ValueError:
-            return value
-    return value
-
-
-def apply_settings(root: Any, path: Optional[str], overrides: list[str], aliases: dict[str, str]) -> None:
-    """Apply the YAML file at ``path`` (nested mappings), then ``key=value`` overrides, to ``root``."""
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file '{path}' does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except (yaml.YAMLError, ValueError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file '{path}' is not valid YAML ({' '.join(str(e).split())}); a value "
-                              "holding ': ' or starting with '{' must be quoted, e.g. prompt_template: "
-                              "'Solve: {question}'") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file '{path}' must hold a mapping of sections")
-        for key, value in _flatten(root, data, path):
-            set_key(root, _current(key), value)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value")
-        key, text = item.split("=", 1)
-        key = _current(aliases.get(key.strip(), key.strip()))
-        set_key(root, key, text if _is_text(root, key) and text.strip() not in ("null", "~") else parse_value(text))
-
-
-def _current(key: str) -> str:
-    if key in MOVED:
-        raise ConfigError(f"config key '{key}' is now '{MOVED[key]}'")
-    return key
-
-
-def _is_text(root: Any, key: str) -> bool:
-    """True for a field whose value is text (so ``key=Solve: {question}`` is taken as it is written)."""
-    obj, name = _walk(root, key)
-    hint = typing.get_type_hints(type(obj))[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) in (Union, types.UnionType) else [hint]
-    return args == [str]
-
-
-def _flatten(obj: Any, data: dict, path: str, prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested YAML mappings -> (dotted key, value), descending only into config sections."""
-    out = []
-    for name, value in data.items():
-        key = f"{prefix}{name}"
-        child = getattr(obj, str(name)) if str(name) in _field_names(obj) else None
-        if dataclasses.is_dataclass(child):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{path}: section '{key}' must be a mapping, got {value!r}")
-            out += _flatten(child, value, path, key + ".")
-        else:
-            out.append((key, value))
-    return out
-
-
 def load_config(path: Optional[str] = None, overrides: list[str] = ()) -> Config:
     """Defaults, then the YAML file at ``path``, then ``key=value`` overrides; validated."""
     cfg = Config()
-    apply_settings(cfg, path, list(overrides), ALIASES)
+    apply_settings(cfg, path, list(overrides), ALIASES, MOVED)
     return cfg.validate()
 
 
-def describe(root: Any = None, prefix: str = "") -> str:
-    """Every key of a nested config with its type, default and documentation, for ``--help``."""
-    root = Config() if root is None else root
-    lines = []
-    hints = typing.get_type_hints(type(root))
-    for f in dataclasses.fields(root):
-        value = getattr(root, f.name)
-        if dataclasses.is_dataclass(value):
-            lines.append(f"{prefix}{f.name}:")
-            lines.append(describe(value, f"{prefix}{f.name}."))
-            continue
-        hint = hints[f.name]
-        tname = getattr(hint, "__name__", str(hint).replace("typing.", ""))
-        if typing.get_origin(hint) is Literal:
-            tname = " | ".join(typing.get_args(hint))
-        lines.append(f"  {prefix}{f.name} ({tname}, default {value!r})")
-        lines.append(f"      {f.metadata.get('help', '')}")
-    return "\n".join(lines)

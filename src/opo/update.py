@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -162,99 +162,122 @@ def policy_update(
     batch's own tokens (sampled from pi_before), with the k1 and k3 estimators: one extra forward
     pass after the last optimizer step.
     """
-    counts: Counter = Counter({"passes/train_forward": 0})
     n_groups = len(data.prompts)
     mine = list(dist.share(n_groups))
-    own = set(mine)
     off_policy = algo.ppo_epochs > 1 or algo.mini_batches > 1
-    old_logp = record_logprobs(model, scoring, data, mine, counts, "passes/old_logprob", dist) if off_policy else None
+    p = _Pass(model, data, algo, scoring)
+    if off_policy:
+        p.old_logp = record_logprobs(model, scoring, data, mine, p.counts, "passes/old_logprob", dist)
     # pi_before's log-probs: recorded off-policy; on-policy the training forward gives them for free
-    before_logp = old_logp
-    if measure_shift and old_logp is None:
-        before_logp = torch.zeros_like(data.mask, dtype=_logprob_dtype(model))
-    ref_logp = record_logprobs(ref_model, scoring, data, mine, counts, "passes/reference") if ref_model is not None else None
-    loss_fn = POLICY_LOSSES.get(algo.loss)
+    p.before_logp = p.old_logp
+    if measure_shift and p.old_logp is None:
+        p.before_logp = torch.zeros_like(data.mask, dtype=_logprob_dtype(model))
+    if ref_model is not None:
+        p.ref_logp = record_logprobs(ref_model, scoring, data, mine, p.counts, "passes/reference")
 
-    # token-weighted sums for the step's metrics; every key present on every process
-    sums: Counter = Counter(dict.fromkeys(("loss", "tokens", "entropy", "clipped", "logprob_gap", "kl"), 0.0))
     grad_norms: list[float] = []
-    gap_max = 0.0
-    skipped = 0
     for _ in range(algo.ppo_epochs):
         order = torch.randperm(n_groups, generator=generator).tolist() if off_policy else list(range(n_groups))
         size = n_groups // algo.mini_batches
         for start in range(0, n_groups, size):
             mini = order[start : start + size]
+            optimizer.zero_grad(set_to_none=True)
+            local = [g for g in mini if g in set(mine)]
             rows_all = _rows(data, mini)
             # Normalisers of the whole mini-batch (all processes), so neither micro-batching nor the
             # number of processes changes the gradient.
-            n_tokens = float(data.mask[rows_all].sum())
-            n_seqs = float(len(rows_all))
-            optimizer.zero_grad(set_to_none=True)
-            local = [g for g in mini if g in own]
+            p.n_tokens, p.n_seqs = float(data.mask[rows_all].sum()), float(len(rows_all))
             for mb, real, calls in dist.aligned(micro_batches(data, local, scoring.micro_batch_tokens), mine[:1],
                                                 _calls(data)):
-                rows, width, logp, ent = _forward(model, scoring, data, mb, algo.entropy_coef > 0, calls)
-                if not real:  # a pass that only keeps FSDP's collectives paired: a zero gradient
-                    (logp.sum() * 0.0).backward()
-                    continue
-                counts["passes/train_forward"] += 1
-                if measure_shift and old_logp is None:
-                    before_logp[rows, :width] = logp.detach()  # (n, width)
-                mask = data.mask[rows, :width]  # (n, width)
-                adv = data.advantages[rows, :width]
-                old = None if old_logp is None else old_logp[rows, :width]
-                token_loss, clipped = loss_fn(logp, old, adv, **algo.loss_params)  # (n, width)
-                if ref_logp is not None:
-                    kl = KL_ESTIMATORS.get(algo.kl_estimator)(logp, ref_logp[rows, :width])
-                    token_loss = token_loss + algo.kl_coef * kl
-                    sums["kl"] += float((kl.detach() * mask).sum())
-                if algo.entropy_coef > 0:
-                    token_loss = token_loss - algo.entropy_coef * ent
-                loss = aggregate(token_loss, mask, algo.aggregation, n_tokens, n_seqs)
-                loss.backward()
-                sums["loss"] += float(loss.detach())
-                sums["tokens"] += float(mask.sum())
-                sums["entropy"] += float((ent.detach() * mask).sum())
-                sums["clipped"] += float((clipped.float() * mask).sum())
-                gap = (logp.detach() - data.sampler_logp[rows, :width]).abs() * mask
-                sums["logprob_gap"] += float(gap.sum())
-                gap_max = max(gap_max, float(gap.max()))
+                _micro_batch(p, mb, real, calls)
             dist.sum_gradients(model)
-            norm = _grad_norm(model, grad_clip)
-            grad_norms.append(norm)
-            if math.isfinite(norm):
-                optimizer.step()
-            else:  # a NaN/inf gradient must not reach the weights
-                skipped += 1
+            grad_norms.append(_grad_norm(model, grad_clip))
+            if math.isfinite(grad_norms[-1]):
+                optimizer.step()  # a NaN/inf gradient must not reach the weights
             optimizer.zero_grad(set_to_none=True)
     if measure_shift:
-        after_logp = record_logprobs(model, scoring, data, mine, counts, "passes/policy_shift", dist)
+        after_logp = record_logprobs(model, scoring, data, mine, p.counts, "passes/policy_shift", dist)
         # Samples come from pi_before: KL(before || after), Schulman 2020. Rows of other processes
         # are zero in both log-prob tensors and add nothing.
         for name in ("k1", "k3"):
-            sums[f"policy_shift/{name}"] = float((KL_ESTIMATORS.get(name)(before_logp, after_logp) * data.mask).sum())
-    sums = Counter(dist.reduce({**sums, **counts}))  # every process's share of the batch
-    gap_max = dist.reduce({"gap": gap_max}, op="max")["gap"]
+            p.sums[f"policy_shift/{name}"] = float((KL_ESTIMATORS.get(name)(p.before_logp, after_logp)
+                                                    * data.mask).sum())
+    return _metrics(p, grad_norms, dist)
+
+
+@dataclass
+class _Pass:
+    """One update's shared inputs and its running sums (token-weighted; every key present on
+    every process, so the reductions pair up)."""
+
+    model: PreTrainedModel
+    data: StepData
+    algo: AlgoConfig
+    scoring: Scoring
+    old_logp: Optional[torch.Tensor] = None  # (N, T), off-policy
+    ref_logp: Optional[torch.Tensor] = None  # (N, T), with a KL term
+    before_logp: Optional[torch.Tensor] = None  # (N, T), when the policy shift is measured
+    n_tokens: float = 0.0
+    n_seqs: float = 0.0
+    gap_max: float = 0.0
+    counts: Counter = field(default_factory=lambda: Counter({"passes/train_forward": 0}))
+    sums: Counter = field(default_factory=lambda: Counter(
+        dict.fromkeys(("loss", "tokens", "entropy", "clipped", "logprob_gap", "kl"), 0.0)))
+
+
+def _micro_batch(p: _Pass, groups: list[int], real: bool, calls: int) -> None:
+    """Forward, loss and backward of one micro-batch (gradients accumulate); ``real`` False: a pass
+    that only keeps FSDP's collectives paired, with a zero gradient."""
+    algo, data = p.algo, p.data
+    rows, width, logp, ent = _forward(p.model, p.scoring, data, groups, algo.entropy_coef > 0, calls)
+    if not real:
+        (logp.sum() * 0.0).backward()
+        return
+    p.counts["passes/train_forward"] += 1
+    if p.before_logp is not None and p.old_logp is None:
+        p.before_logp[rows, :width] = logp.detach()  # (n, width)
+    mask = data.mask[rows, :width]  # (n, width)
+    old = None if p.old_logp is None else p.old_logp[rows, :width]
+    token_loss, clipped = POLICY_LOSSES.get(algo.loss)(logp, old, data.advantages[rows, :width],
+                                                       **algo.loss_params)  # (n, width)
+    if p.ref_logp is not None:
+        kl = KL_ESTIMATORS.get(algo.kl_estimator)(logp, p.ref_logp[rows, :width])
+        token_loss = token_loss + algo.kl_coef * kl
+        p.sums["kl"] += float((kl.detach() * mask).sum())
+    if algo.entropy_coef > 0:
+        token_loss = token_loss - algo.entropy_coef * ent
+    loss = aggregate(token_loss, mask, algo.aggregation, p.n_tokens, p.n_seqs)
+    loss.backward()
+    gap = (logp.detach() - data.sampler_logp[rows, :width]).abs() * mask
+    p.sums.update({"loss": float(loss.detach()), "tokens": float(mask.sum()), "entropy": float((ent.detach() * mask).sum()),
+                   "clipped": float((clipped.float() * mask).sum()), "logprob_gap": float(gap.sum())})
+    p.gap_max = max(p.gap_max, float(gap.max()))
+
+
+def _metrics(p: _Pass, grad_norms: list[float], dist: Dist) -> dict[str, float]:
+    """The update's metrics over every process's share of the batch."""
+    sums = Counter(dist.reduce({**p.sums, **p.counts}))
+    gap_max = dist.reduce({"gap": p.gap_max}, op="max")["gap"]
     tokens = max(sums["tokens"], 1.0)
-    updates = algo.ppo_epochs * algo.mini_batches
+    updates = len(grad_norms)
+    skipped = sum(not math.isfinite(n) for n in grad_norms)
     metrics = {
         "loss": sums["loss"] / updates,
         "entropy": sums["entropy"] / tokens,
         "clip_frac": sums["clipped"] / tokens,
         "logprob_gap/mean_abs": sums["logprob_gap"] / tokens,
         "logprob_gap/max_abs": gap_max,
-        "grad_norm": sum(grad_norms) / len(grad_norms),
+        "grad_norm": sum(grad_norms) / updates,
         "optimizer_steps": float(updates - skipped),
         "skipped_steps": float(skipped),
         "micro_batches": sums["passes/train_forward"] / updates,
-        **{k: sums[k] for k in counts},
+        **{k: sums[k] for k in p.counts},
     }
-    if ref_logp is not None:
+    if p.ref_logp is not None:
         metrics["kl_ref"] = sums["kl"] / tokens
-    if measure_shift:
+    if "policy_shift/k1" in p.sums:
         for name in ("k1", "k3"):
-            metrics[f"policy_shift/{name}"] = sums[f"policy_shift/{name}"] / max(float(data.mask.sum()), 1.0)
+            metrics[f"policy_shift/{name}"] = sums[f"policy_shift/{name}"] / max(float(p.data.mask.sum()), 1.0)
     return metrics
 
 
