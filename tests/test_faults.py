@@ -72,6 +72,26 @@ def test_sigterm_finishes_the_step_checkpoints_and_the_run_resumes(tmp_path):
 
 
 @pytest.mark.e2e
+def test_ctrl_c_before_the_training_loop_exits_130_in_one_line(tmp_path):
+    """SIGINT during the evaluation before training (no step to finish yet): one line, exit 130,
+    the run directory unlocked and resumable."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "opo", "train", *TINY, "train.eval_before=true",
+                             "task.eval_size=80", "train.eval_max_new_tokens=64", f"run_dir={run}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("compute:")  # the model is loaded; evaluation starts
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "opo: interrupted"
+    assert "held-out accuracy" not in out  # it stopped inside the evaluation
+    resumed = subprocess.run([sys.executable, "-m", "opo", "train", *TINY, "train.steps=1", f"run_dir={run}",
+                              "checkpoint.resume=true"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+
+
+@pytest.mark.e2e
 def test_sigkill_mid_run_resumes_from_the_last_complete_checkpoint(tmp_path):
     """SIGKILL at an arbitrary moment (checkpoints are written every step, so kills land in writes
     too); the resumed run logs each step once and matches an uninterrupted run."""
@@ -102,9 +122,10 @@ def test_sigkill_mid_run_resumes_from_the_last_complete_checkpoint(tmp_path):
 def test_partial_checkpoints_are_never_taken_for_complete_ones(tmp_path):
     from opo import checkpoint
 
+    from opo.models import load_model
+
     root = tmp_path / "checkpoints"
-    (root / "step_0000002").mkdir(parents=True)
-    (root / "step_0000002" / checkpoint.STATE_FILE).write_bytes(b"")
+    checkpoint.save(root, 2, *load_model("tiny"), {"step": 2}, {}, keep=3)
     (root / ".step_0000003.tmp123").mkdir()  # a write killed before its rename
     (root / ".step_0000003.tmp123" / checkpoint.STATE_FILE).write_bytes(b"")
     (root / "step_0000004").mkdir()  # a directory without its state file

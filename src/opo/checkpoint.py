@@ -32,20 +32,13 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from opo.errors import DiskFull
+
 _NAME = re.compile(r"^step_(\d{7})$")
 STATE_FILE = "trainer_state.pt"
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "os error 28)", "os error 122)")
 _LOW_SPACE = 64 << 20  # bytes: a write failing with less than this free is taken for a full disk
-
-
-class DiskFull(OSError):
-    """The disk (or the quota) filled up while writing a checkpoint or a log. The partial write is
-    undone, earlier checkpoints are kept and the run can be resumed; the message says so in one line."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.errno = errno.ENOSPC
 
 
 def is_disk_full(exc: BaseException, where: Optional[Path] = None) -> bool:

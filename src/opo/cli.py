@@ -18,7 +18,7 @@ from opo.config import (
     load_diagnose_config,
     load_eval_config,
 )
-from opo.errors import TrainingAborted
+from opo.errors import DiskFull, TrainingAborted
 from opo.runtime import reuse_large_allocations
 
 USAGE = """opo: on-policy RL for language models with verifiable rewards (OPO, arXiv 2505.23585)
@@ -92,6 +92,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except TrainingAborted as e:
         print(f"{_who()}: training aborted: {e}", file=sys.stderr)
         return 3
+    except DiskFull as e:  # the last good checkpoint is kept: free space and resume
+        print(f"{_who()}: error: {e}", file=sys.stderr)
+        return 75  # EX_TEMPFAIL
     except KeyboardInterrupt:  # outside the training loop (which stops after its step): nothing half-written
         print(f"{_who()}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT.value

@@ -80,7 +80,7 @@ class JsonlLogger:
             self.tb = SummaryWriter(str(tensorboard_dir))
 
     def log(self, row: dict[str, Any]) -> None:
-        """Append ``row`` as one line. A full disk raises :class:`opo.checkpoint.DiskFull` and leaves
+        """Append ``row`` as one line. A full disk raises :class:`opo.errors.DiskFull` and leaves
         the file as it was (no half-written line)."""
         data = (json.dumps(row) + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
@@ -95,7 +95,8 @@ class JsonlLogger:
                     os.ftruncate(fd, start)  # drop a partial line; frees what it took
                 except OSError:
                     pass
-                from opo.checkpoint import DiskFull, is_disk_full
+                from opo.checkpoint import is_disk_full
+                from opo.errors import DiskFull
 
                 if is_disk_full(e):
                     raise DiskFull(

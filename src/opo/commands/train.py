@@ -28,7 +28,7 @@ from opo.config import Config, ConfigError
 from opo.distributed import Dist, sampling_seed
 from opo.distributed import setup as setup_distributed
 from opo.distributed import teardown as teardown_distributed
-from opo.errors import TrainingAborted
+from opo.errors import DiskFull, TrainingAborted
 from opo.evaluate import evaluate
 from opo.metrics import JsonlLogger, repetition_metrics, rollout_metrics
 from opo.rollout.base import RolloutBatch
@@ -248,17 +248,24 @@ def _restore(run: Run, ckpt: Path, say: Callable) -> Progress:
 
 def _save(run: Run, run_dir: Path, at: Progress) -> None:
     """A checkpoint of step ``at.step``: gathered from the shards under FSDP, where every process
-    takes part; else rank 0's own. No process moves on (or exits) before it is complete."""
+    takes part; else rank 0's own. No process moves on (or exits) before it is complete, and a
+    full disk stops every process with rank 0's message."""
     d = run.dist
     weights = d.model_state(run.model)
     optimizer_state = checkpoint.optimizer_state(run.model, run.optimizer) if d.main or d.fsdp else None
+    failure = None
     if d.main:
         state = {"step": at.step, "data_pos": at.data_pos, "optimizer": optimizer_state,
                  "scheduler": run.scheduler.state_dict(), "rng": checkpoint.rng_state(),
                  "shuffle": run.shuffle.get_state(), "summary": json.dumps(at.summary)}
-        checkpoint.save(run_dir / "checkpoints", at.step, run.model, run.tok, state, run.cfg.to_dict(),
-                        run.cfg.checkpoint.keep, weights)
-    d.barrier()
+        try:
+            checkpoint.save(run_dir / "checkpoints", at.step, run.model, run.tok, state, run.cfg.to_dict(),
+                            run.cfg.checkpoint.keep, weights)
+        except DiskFull as e:
+            failure = str(e)
+    failure = d.broadcast(failure)  # also the barrier: every process waits for rank 0's save
+    if failure:
+        raise DiskFull(failure)
 
 
 def _open_logs(run_dir: Path, cfg: Config, d: Dist, last_step: int) -> tuple[Optional[JsonlLogger], Optional[JsonlLogger]]:
