@@ -1,3 +1,5 @@
+import signal
+
 import pytest
 import torch
 
@@ -14,3 +16,11 @@ def tiny():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def default_sigint():
+    """A ``preexec_fn`` for a child that a test interrupts with SIGINT. A suite started in the
+    background inherits SIGINT ignored (shells start background jobs so), and Python keeps an
+    ignored SIGINT ignored: this gives the child the terminal's default back."""
+    return lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -164,14 +164,14 @@ def test_eval_refuses_an_unusable_output_directory_before_loading_the_model(tmp_
     assert proc.returncode == 2 and "is a file" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_ctrl_c_during_eval_keeps_the_finished_problems_and_exits_130(tmp_path):
+def test_ctrl_c_during_eval_keeps_the_finished_problems_and_exits_130(tmp_path, default_sigint):
     import signal
     import time
 
     out = tmp_path / "ev"
     proc = subprocess.Popen([sys.executable, "-m", "opo", "eval", "model.path=tiny", "task=gsm8k", "limit=200", "n=0",
                              "max_new_tokens=32", "batch_size=2", f"out_dir={out}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     samples = out / "samples.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and not (samples.exists() and samples.read_text().count("\n") >= 4):

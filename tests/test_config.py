@@ -177,3 +177,22 @@ def test_overwrite_and_resume_together_are_refused():
 @pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")))
 def test_shipped_config_files_load(path):
     load_config(path)
+
+
+def test_override_text_and_numbers_inside_mappings():
+    cfg = load_config(None, ["task.system_prompt=", "model.path= 'my dir' ", "algo.loss=ppo_clip",
+                             "algo.loss_params={clip_low: 1e-1}", "task.prompt_template=Q: {question}"])
+    assert cfg.task.system_prompt is None and cfg.model.path == "my dir"
+    assert cfg.algo.loss_params == {"clip_low": 0.1} and cfg.task.prompt_template == "Q: {question}"
+
+
+def test_a_config_changed_in_code_is_checked_by_validate():
+    cfg = Config()
+    cfg.run.precision = "bf17"
+    with pytest.raises(ConfigError, match="run.precision='bf17' is not allowed"):
+        cfg.validate()
+
+
+def test_doubled_braces_in_a_template_get_a_warning():
+    with pytest.warns(UserWarning, match="only {question} is replaced"):
+        load_config(None, ["task.prompt_template={question} \\boxed{{}}"])

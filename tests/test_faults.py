@@ -72,13 +72,13 @@ def test_sigterm_finishes_the_step_checkpoints_and_the_run_resumes(tmp_path):
 
 
 @pytest.mark.e2e
-def test_ctrl_c_before_the_training_loop_exits_130_in_one_line(tmp_path):
+def test_ctrl_c_before_the_training_loop_exits_130_in_one_line(tmp_path, default_sigint):
     """SIGINT during the evaluation before training (no step to finish yet): one line, exit 130,
     the run directory unlocked and resumable."""
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "opo", "train", *TINY, "train.eval_before=true",
                              "task.eval_size=80", "train.eval_max_new_tokens=64", f"run_dir={run}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     assert proc.stdout.readline().startswith("compute:")  # the model is loaded; evaluation starts
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)

@@ -86,3 +86,9 @@ def test_a_run_dir_that_cannot_be_a_directory_is_refused_before_the_model_loads(
     target = blocker if where == "file" else blocker / "run"
     with pytest.raises(ConfigError, match="is a file"):
         run(target, "model.path=/nonexistent/model")  # the model is never reached
+
+
+def test_a_run_started_with_overwrite_resumes_without_allow_changes(tmp_path):
+    run(tmp_path, "train.steps=1", "train.overwrite=true")
+    run(tmp_path, "train.steps=2", "checkpoint.resume=true")
+    assert steps(tmp_path)[-1] == 2

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from opo.errors import ConfigError
-from opo.settings import is_number, apply_settings, describe, get_key, parse_value, set_key
+from opo.settings import check_types, is_number, apply_settings, describe, get_key, parse_value, set_key
 
 __all__ = ["Config", "ConfigError", "DiagnoseConfig", "EvalConfig", "apply_settings", "describe", "load_config",
            "load_diagnose_config", "load_eval_config", "parse_value"]
@@ -97,6 +97,11 @@ class AlgoConfig:
     entropy_coef: float = doc(0.0, "weight of an entropy bonus (0: off)", ge=0)
     ppo_epochs: int = doc(1, "passes over each rollout batch; > 1 is off-policy", ge=1)
     mini_batches: int = doc(1, "optimizer steps per pass over a rollout batch; > 1 is off-policy", ge=1)
+
+    @property
+    def off_policy(self) -> bool:
+        """True when a rollout batch feeds more than one optimizer step."""
+        return self.ppo_epochs > 1 or self.mini_batches > 1
 
 
 @dataclass
@@ -205,8 +210,7 @@ class Config:
 
     @property
     def off_policy(self) -> bool:
-        """True when a rollout batch feeds more than one optimizer step."""
-        return self.algo.ppo_epochs > 1 or self.algo.mini_batches > 1
+        return self.algo.off_policy
 
     def get(self, key: str) -> Any:
         return get_key(self, key)
@@ -226,7 +230,8 @@ ALIASES = {"resume": "checkpoint.resume", "steps": "train.steps", "run_dir": "ru
 MOVED = {"train.seed": "run.seed", "train.threads": "run.threads", "train.run_dir": "run.dir",
          "train.deterministic": "run.deterministic", "train.progress": "run.progress",
          "model.precision": "run.precision", "algo.clip_low": "algo.loss_params", "algo.clip_high": "algo.loss_params",
-         "algo.dual_clip": "algo.loss_params", "out_dir": "run.dir", "precision": "run.precision"}
+         "algo.dual_clip": "algo.loss_params", "out_dir": "run.dir", "precision": "run.precision", "seed": "run.seed",
+         "threads": "run.threads"}
 
 
 @dataclass
@@ -303,7 +308,9 @@ def load_eval_config(path: Optional[str] = None, overrides: list[str] = ()) -> E
 
 
 def validate_common(cfg: Any) -> None:
-    """Checks every command shares: lower bounds declared on the fields, then the task section."""
+    """Checks every command shares: types and choices, lower bounds declared on the fields, then the
+    task section."""
+    check_types(cfg)
     _check_bounds(cfg)
     validate_task(cfg.task)
 
@@ -331,6 +338,9 @@ def validate_task(t: TaskConfig) -> None:
         raise ConfigError("task.name=jsonl needs task.data_path (a JSONL file)")
     if t.prompt_template is not None and "{question}" not in t.prompt_template:
         raise ConfigError("task.prompt_template must contain '{question}'")
+    if t.prompt_template is not None and ("{{" in t.prompt_template or "}}" in t.prompt_template):
+        warnings.warn("task.prompt_template: only {question} is replaced, so '{{' and '}}' reach the model as "
+                      "written; write single braces (e.g. \\boxed{})", stacklevel=2)
     if not math.isfinite(t.reward_on_error):
         raise ConfigError(f"task.reward_on_error must be a finite number, got {t.reward_on_error}")
     if t.reward_fn is not None:

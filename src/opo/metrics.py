@@ -11,6 +11,8 @@ from typing import Any, Optional
 
 import torch
 
+from opo.errors import DiskFull, is_disk_full
+
 
 def rollout_metrics(
     rewards: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, group_ids: torch.Tensor, finish: list[str]
@@ -95,8 +97,6 @@ class JsonlLogger:
                     os.ftruncate(fd, start)  # drop a partial line; frees what it took
                 except OSError:
                     pass
-                from opo.checkpoint import is_disk_full
-                from opo.errors import DiskFull
 
                 if is_disk_full(e):
                     raise DiskFull(

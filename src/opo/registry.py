@@ -53,7 +53,7 @@ class Registry(Generic[F]):
         if self.probe is not None:
             try:
                 self.probe(fn, params)
-            except (ValueError, TypeError) as e:
+            except Exception as e:  # whatever the member raises on these parameters
                 raise ConfigError(f"{params_key}={params} cannot be used with {key}={name}: {e}") from None
 
     def names(self) -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import torch
 from transformers import PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from opo.config import Config, OptimConfig, RunSettings
 from opo.distributed import Dist, local_world_size
@@ -75,37 +76,43 @@ def setup(cfg: Any, *, max_new_tokens: int, d: Dist = Dist(), weights: Optional[
     """Build a :class:`Run` from a validated config; ``weights``: a checkpoint to load instead of
     ``model.path``; ``max_new_tokens``: the longest completion, for the prompt-length check.
     A :class:`~opo.config.Config` (``opo train``) also gets the training fields."""
+    hf_logging.disable_progress_bar()  # opo's own bars say what is going on; these would litter logs
     rollout = getattr(cfg, "rollout", None)
     compute = choose_compute(cfg.run, rollout.precision if rollout else "auto", d)
     seed = cfg.run.seed
     torch.manual_seed(seed)
     random.seed(seed)
     torch.use_deterministic_algorithms(cfg.run.deterministic)
+    # train and diagnose draw training prompts (a config with a rollout section); eval only held-out ones
     task = build_task(cfg.task, for_training=rollout is not None)
     try:
-        m = cfg.model
-        model, tok = load_model(weights or m.path, m.trust_remote_code, seed, m.attention)
-        d.broadcast_parameters(model)
-        # the sampler's weights are a full copy when the policy's are sharded, so build it first
-        engine = HFEngine(model, stop_token_ids(model, tok), tok.pad_token_id, compute.sampling, seed=seed,
-                          separate=d.fsdp)
-        limit_prompt_length(task, tok, model, max_new_tokens)
+        return _build(cfg, compute, task, max_new_tokens, d, weights)
     except BaseException:
         task.close()  # grader workers must not outlive a failed start
         raise
+
+
+def _build(cfg: Any, compute: Compute, task: Task, max_new_tokens: int, d: Dist, weights: Optional[str]) -> Run:
+    m, seed = cfg.model, cfg.run.seed
+    model, tok = load_model(weights or m.path, m.trust_remote_code, seed, m.attention)
+    d.broadcast_parameters(model)
+    # the sampler's weights are a full copy when the policy's are sharded, so build it first
+    engine = HFEngine(model, stop_token_ids(model, tok), tok.pad_token_id, compute.sampling, seed=seed,
+                      separate=d.fsdp)
+    limit_prompt_length(task, tok, model, max_new_tokens)
     run = Run(cfg, compute, model, tok, task, engine, d, policy=model)
-    if isinstance(cfg, Config):
-        run.policy = d.shard(model)
-        if cfg.algo.kl_coef > 0:  # the reference is the initial policy, also after a resume
-            run.ref_model = load_model(m.path, m.trust_remote_code, seed, m.attention)[0].requires_grad_(False)
-            d.broadcast_parameters(run.ref_model)
-        run.optimizer = build_optimizer(model, cfg.optim)
-        warmup = cfg.optim.warmup_steps
-        run.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            run.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-        run.shuffle = torch.Generator().manual_seed(seed + 1)
-    else:
+    if not isinstance(cfg, Config):  # opo eval, opo diagnose: no optimizer
         model.eval()
+        return run
+    run.policy = d.shard(model)
+    if cfg.algo.kl_coef > 0:  # the reference is the initial policy, also after a resume
+        run.ref_model = load_model(m.path, m.trust_remote_code, seed, m.attention)[0].requires_grad_(False)
+        d.broadcast_parameters(run.ref_model)
+    run.optimizer = build_optimizer(model, cfg.optim)
+    warmup = cfg.optim.warmup_steps
+    run.scheduler = torch.optim.lr_scheduler.LambdaLR(
+        run.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    run.shuffle = torch.Generator().manual_seed(seed + 1)
     return run
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 from opo import checkpoint
-from opo.config import ConfigError
+from opo.errors import ConfigError
 
 LOCK = ".lock"
 # what a run writes; a directory holding any of these holds a run
@@ -74,9 +74,10 @@ def check_writable(path: Path, key: str = "run.dir") -> None:
 
 
 # what may change when a run resumes: how long it runs, what it logs and measures, how it checkpoints
+# (not train.eval_max_new_tokens: the prompt-length check, and so task.skip_bad_rows, depends on it)
 RESUMABLE = ("train.steps", "train.eval_every", "train.eval_before", "train.eval_n", "train.eval_k",
-             "train.eval_temperature", "train.eval_max_new_tokens", "train.shift_every", "train.tensorboard",
-             "train.max_bad_steps", "run.threads", "run.progress", "run.dir", "checkpoint.every", "checkpoint.keep",
+             "train.eval_temperature", "train.shift_every", "train.tensorboard", "train.max_bad_steps",
+             "train.overwrite", "run.threads", "run.progress", "run.dir", "checkpoint.every", "checkpoint.keep",
              "checkpoint.resume", "checkpoint.allow_changes", "task.grader_workers", "task.grader_timeout",
              "task.reward_timeout", "repetition.n", "repetition.min_count")
 
@@ -88,15 +89,10 @@ def config_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
             if k not in RESUMABLE and old.get(k, "(absent)") != new.get(k, "(absent)")]
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k in ("run", "model", "task", "rollout", "algo", "optim", "train", "repetition",
-                                         "checkpoint") and not prefix:
-            out.update(_flat(v, f"{k}."))
-        else:
-            out[prefix + str(k)] = v
-    return out
+def _flat(config: dict[str, Any]) -> dict[str, Any]:
+    """``{section: {name: value}}`` -> ``{"section.name": value}``."""
+    return {f"{section}.{name}": value for section, keys in config.items() if isinstance(keys, dict)
+            for name, value in keys.items()}
 
 
 def prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:

@@ -69,8 +69,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         value = [parse_value(v) for v in value.split(",") if v.strip()]
     elif expected is list and is_number(value):
         value = [value]
-    if expected is float and isinstance(value, str):  # YAML 1.1 reads 1e-5 as a string
-        value = parse_value(value)
+    if expected is float and isinstance(value, str) or expected in (dict, list):  # from a YAML file
+        value = yaml11_numbers(value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is str and (is_number(value) or isinstance(value, datetime.date)):
@@ -85,19 +85,58 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
+def check_types(root: Any, prefix: str = "") -> None:
+    """Check every field's value against its type hint, as :func:`set_key` does for a value it sets:
+    for a config built or changed in code."""
+    hints = typing.get_type_hints(type(root))
+    for f in dataclasses.fields(root):
+        value = getattr(root, f.name)
+        if dataclasses.is_dataclass(value):
+            check_types(value, f"{prefix}{f.name}.")
+        else:
+            _coerce(prefix + f.name, value, hints[f.name])
+
+
 def parse_value(text: str) -> Any:
     """Parse the right-hand side of ``key=value`` as YAML (``1e-5``, ``true``, ``null``, ``{a: 1}``)."""
     try:
         value = yaml.safe_load(text)
     except (yaml.YAMLError, ValueError):  # ValueError: a date-like value that is no date, e.g. 2001-13-01
         return text
-    # YAML 1.1 reads '1e-5' as a string; accept it as the float a user means.
-    if isinstance(value, str):
+    return yaml11_numbers(value)
+
+
+def yaml11_numbers(value: Any, _inside: frozenset = frozenset()) -> Any:
+    """YAML 1.1 reads ``1e-5`` as a string; take it (also inside mappings and lists) as the float a
+    user means. A self-containing value (YAML ``&a [*a]``) is returned as it is."""
+    if isinstance(value, (dict, list)):
+        if id(value) in _inside:
+            return value
+        inside = _inside | {id(value)}
+        if isinstance(value, dict):
+            return {k: yaml11_numbers(v, inside) for k, v in value.items()}
+        return [yaml11_numbers(v, inside) for v in value]
+    if isinstance(value, str) and any(c in value.lower() for c in ".e"):
         try:
-            return float(value) if any(c in value.lower() for c in ".e") else value
+            return float(value)
         except ValueError:
             return value
     return value
+
+
+def text_value(text: str) -> Optional[str]:
+    """The right-hand side of ``key=value`` for a text setting: as written (trimmed), so a prompt
+    with ': ' or braces is not read as YAML; empty or a YAML null is None; quotes are taken off."""
+    t = text.strip()
+    if t in ("", "~", "null", "Null", "NULL"):
+        return None
+    if len(t) >= 2 and t[0] == t[-1] and t[0] in "'\"":
+        try:
+            unquoted = yaml.safe_load(t)
+        except yaml.YAMLError:
+            return t
+        return unquoted if isinstance(unquoted, str) else t
+    return t
 
 
 def apply_settings(root: Any, path: Optional[str], overrides: list[str], aliases: dict[str, str],
@@ -123,7 +162,7 @@ def apply_settings(root: Any, path: Optional[str], overrides: list[str], aliases
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key, text = item.split("=", 1)
         key = _current(aliases.get(key.strip(), key.strip()), moved)
-        set_key(root, key, text if _is_text(root, key) and text.strip() not in ("null", "~") else parse_value(text))
+        set_key(root, key, text_value(text) if _is_text(root, key) else parse_value(text))
 
 
 def _current(key: str, moved: dict[str, str]) -> str:

@@ -144,7 +144,7 @@ def policy_update(
     data: StepData,
     algo: AlgoConfig,
     scoring: Scoring,
-    grad_clip: float = 0.0,
+    grad_clip: float,
     ref_model: Optional[PreTrainedModel] = None,
     generator: Optional[torch.Generator] = None,
     measure_shift: bool = False,
@@ -164,9 +164,9 @@ def policy_update(
     """
     n_groups = len(data.prompts)
     mine = list(dist.share(n_groups))
-    off_policy = algo.ppo_epochs > 1 or algo.mini_batches > 1
+    own = set(mine)
     p = _Pass(model, data, algo, scoring)
-    if off_policy:
+    if algo.off_policy:
         p.old_logp = record_logprobs(model, scoring, data, mine, p.counts, "passes/old_logprob", dist)
     # pi_before's log-probs: recorded off-policy; on-policy the training forward gives them for free
     p.before_logp = p.old_logp
@@ -177,12 +177,12 @@ def policy_update(
 
     grad_norms: list[float] = []
     for _ in range(algo.ppo_epochs):
-        order = torch.randperm(n_groups, generator=generator).tolist() if off_policy else list(range(n_groups))
+        order = torch.randperm(n_groups, generator=generator).tolist() if algo.off_policy else list(range(n_groups))
         size = n_groups // algo.mini_batches
         for start in range(0, n_groups, size):
             mini = order[start : start + size]
             optimizer.zero_grad(set_to_none=True)
-            local = [g for g in mini if g in set(mine)]
+            local = [g for g in mini if g in own]
             rows_all = _rows(data, mini)
             # Normalisers of the whole mini-batch (all processes), so neither micro-batching nor the
             # number of processes changes the gradient.
@@ -249,8 +249,9 @@ def _micro_batch(p: _Pass, groups: list[int], real: bool, calls: int) -> None:
     loss = aggregate(token_loss, mask, algo.aggregation, p.n_tokens, p.n_seqs)
     loss.backward()
     gap = (logp.detach() - data.sampler_logp[rows, :width]).abs() * mask
-    p.sums.update({"loss": float(loss.detach()), "tokens": float(mask.sum()), "entropy": float((ent.detach() * mask).sum()),
-                   "clipped": float((clipped.float() * mask).sum()), "logprob_gap": float(gap.sum())})
+    p.sums.update({  # Counter.update adds
+        "loss": float(loss.detach()), "tokens": float(mask.sum()), "entropy": float((ent.detach() * mask).sum()),
+        "clipped": float((clipped.float() * mask).sum()), "logprob_gap": float(gap.sum())})
     p.gap_max = max(p.gap_max, float(gap.max()))
 
 

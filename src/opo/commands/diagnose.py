@@ -10,7 +10,7 @@ import torch
 
 from opo import rundir
 from opo.algos.advantages import ADVANTAGES
-from opo.config import AlgoConfig, DiagnoseConfig
+from opo.config import AlgoConfig, DiagnoseConfig, OptimConfig
 from opo.diagnose import baseline_variances, gradient_gram, length_fit
 from opo.rollout.base import RolloutBatch
 from opo.run import Run, output_dir, setup
@@ -66,7 +66,8 @@ def _update_seconds(run: Run, batch: RolloutBatch, rewards: torch.Tensor) -> flo
     data.advantages = ADVANTAGES.get("opo")(rewards.float(), data.mask, batch.group_ids())  # (N, T)
     scoring = Scoring(cfg.rollout.temperature, run.compute.precision, cfg.model.fp32_head)
     t0 = time.perf_counter()
-    policy_update(run.model, torch.optim.SGD(run.model.parameters(), lr=0.0), data, AlgoConfig(), scoring)
+    policy_update(run.model, torch.optim.SGD(run.model.parameters(), lr=0.0), data, AlgoConfig(), scoring,
+                  OptimConfig().grad_clip)
     return time.perf_counter() - t0
 
 

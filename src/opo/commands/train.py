@@ -82,10 +82,10 @@ def _train(cfg: Config, d: Dist, held: contextlib.ExitStack) -> dict[str, Any]:
             say(f"held-out accuracy before training: {at.summary['before']['eval/accuracy']:.1%} "
                 f"({int(at.summary['before']['eval/n'])} problems, greedy)")
 
-        bar = tqdm(range(at.step, cfg.train.steps), initial=at.step, total=cfg.train.steps, desc="opo train",
-                   disable=not (cfg.run.progress and d.main) or None, dynamic_ncols=True)
         bad_steps = 0  # consecutive steps whose every update was skipped for a non-finite gradient
-        with StopOnSignal() as stop:  # SIGTERM/SIGINT: finish the step, checkpoint, exit cleanly
+        with tqdm(range(at.step, cfg.train.steps), initial=at.step, total=cfg.train.steps, desc="opo train",
+                  disable=not (cfg.run.progress and d.main) or None, dynamic_ncols=True) as bar, \
+                StopOnSignal() as stop:  # SIGTERM/SIGINT: finish the step, checkpoint, exit cleanly
             for step in bar:
                 shift = bool(cfg.train.shift_every) and (step + 1) % cfg.train.shift_every == 0
                 row, samples = rl_step(run, at.data_pos, step, shift)
@@ -94,11 +94,7 @@ def _train(cfg: Config, d: Dist, held: contextlib.ExitStack) -> dict[str, Any]:
                 row = {"step": at.step, **row, "lr": run.scheduler.get_last_lr()[0]}
                 if cfg.train.eval_every and at.step % cfg.train.eval_every == 0 and at.step < cfg.train.steps:
                     row.update(_held_out(run))  # logged with the step's row
-                if d.main:
-                    log.log(row)
-                    for sample in samples:
-                        samples_log.log({"step": at.step, **sample})
-                    tqdm.write(_console_line(row))
+                _write_logs(d, log, samples_log, row, samples)
                 bar.set_postfix(reward=f"{row['reward/mean']:.2f}", step_s=f"{row['time/step']:.1f}")
                 bad_steps = bad_steps + 1 if row["optimizer_steps"] == 0 else 0  # the same on every process
                 if bad_steps >= cfg.train.max_bad_steps:
@@ -112,7 +108,6 @@ def _train(cfg: Config, d: Dist, held: contextlib.ExitStack) -> dict[str, Any]:
                     say(f"{at.summary['stopped']}: stopped after step {at.step} with a checkpoint; continue with "
                         f"'opo train checkpoint.resume=true run.dir={run_dir}' (and the same settings)")
                     break
-        bar.close()
         if "stopped" not in at.summary:
             at.summary["after"] = _held_out(run, log, step=cfg.train.steps)
             at.summary["wall_time_s"] = time.time() - started
@@ -224,9 +219,11 @@ def _check_same_settings(ckpt: Path, cfg: Config, say: Callable) -> None:
         raise ConfigError(f"resume: cannot read the settings of {ckpt} ({saved}: {e})") from e
     changes = rundir.config_changes(before, cfg.to_dict())
     if changes and not cfg.checkpoint.allow_changes:
-        raise ConfigError(f"resume: these settings differ from the run's ({saved}): {'; '.join(changes)}. Resume with "
-                          "the run's settings, or accept the change with checkpoint.allow_changes=true (the weights "
-                          "still come from the checkpoint)")
+        older = "run" not in before  # keys renamed since: the settings cannot be compared one by one
+        raise ConfigError(f"resume: these settings differ from the run's ({saved}): {'; '.join(changes)}. "
+                          + ("The run was written by an earlier version of opo. " if older else "")
+                          + "Resume with the run's settings, or accept the change with checkpoint.allow_changes=true "
+                          "(the weights still come from the checkpoint)")
     if changes:
         say(f"resume: continuing with changed settings (checkpoint.allow_changes=true): {'; '.join(changes)}")
 
@@ -261,11 +258,34 @@ def _save(run: Run, run_dir: Path, at: Progress) -> None:
         try:
             checkpoint.save(run_dir / "checkpoints", at.step, run.model, run.tok, state, run.cfg.to_dict(),
                             run.cfg.checkpoint.keep, weights)
-        except DiskFull as e:
-            failure = str(e)
-    failure = d.broadcast(failure)  # also the barrier: every process waits for rank 0's save
-    if failure:
-        raise DiskFull(failure)
+        except Exception as e:
+            failure = e
+    _agree_on(d, failure)  # also the barrier: every process waits for rank 0's save
+
+
+def _write_logs(d: Dist, log: Optional[JsonlLogger], samples_log: Optional[JsonlLogger], row: dict[str, Any],
+                samples: list[dict[str, Any]]) -> None:
+    """Rank 0 logs the step (and prints its line); a failed write (a full disk) stops every process."""
+    failure = None
+    if d.main:
+        try:
+            log.log(row)
+            for sample in samples:
+                samples_log.log({"step": row["step"], **sample})
+        except Exception as e:
+            failure = e
+        tqdm.write(_console_line(row))
+    _agree_on(d, failure)
+
+
+def _agree_on(d: Dist, failure: Optional[Exception]) -> None:
+    """Raise rank 0's ``failure`` on rank 0 and a one-line copy of it on every other process, so no
+    process waits at a collective the failed one will never reach."""
+    message = d.broadcast(None if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise (DiskFull if message.startswith("DiskFull") else RuntimeError)(f"rank 0 stopped: {message}")
 
 
 def _open_logs(run_dir: Path, cfg: Config, d: Dist, last_step: int) -> tuple[Optional[JsonlLogger], Optional[JsonlLogger]]:
