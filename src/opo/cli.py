@@ -51,7 +51,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p_train = sub.add_parser(
         "train", help="train a policy with OPO (or another registered algorithm)",
         description="Train a policy. Settings come from the defaults, then CONFIG.yaml, then key=value "
-        "overrides (values are YAML: 1e-5, true, null, {a: 1}).\n\nconfig keys:\n" + describe(Config()),
+        "overrides (values are YAML: 1e-5, true, null, {a: 1}; text settings are taken as written).\n\nconfig keys:\n" + describe(Config()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p_train.add_argument("settings", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
@@ -59,7 +59,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "eval", help="evaluate a model: pass@k, maj@k, avg@n, greedy accuracy",
         description="Evaluate a model (embedded, a local directory, an opo checkpoint, a hub id) on a task, e.g.\n"
         "  opo eval task=math500 n=8 k=1,4,8 temperature=0.6 max_new_tokens=1024\n"
-        "Shortcuts: task=NAME, limit=N (first N problems), data_path=FILE.\n\nconfig keys:\n" + describe(EvalConfig()),
+        "Shortcuts: task=NAME, limit=N (first N problems), data_path=FILE, seed=, threads=, precision=, out_dir=.\n\n"
+        "config keys:\n" + describe(EvalConfig()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p_eval.add_argument("settings", nargs="*", help="[CONFIG.yaml] [key=value ...]")
@@ -67,7 +68,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "diagnose", help="per-response gradients: variance under each reward baseline, |g|^2 vs length",
         description="Sample K responses to P prompts, measure each response's gradient of log pi, and report\n"
         "the policy-gradient variance under each baseline (none, group mean, GRPO, RLOO, OPO, exact optimal)\n"
-        "and how well length predicts |g|^2. Shortcuts: prompts=P samples=K max_new_tokens=T task=NAME.\n\n"
+        "and how well length predicts |g|^2. Shortcuts: prompts=P samples=K max_new_tokens=T task=NAME seed= threads=\n"
+        "out_dir=.\n\n"
         "config keys:\n" + describe(DiagnoseConfig()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

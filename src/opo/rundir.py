@@ -74,8 +74,10 @@ def check_writable(path: Path, key: str = "run.dir") -> None:
 
 
 # what may change when a run resumes: how long it runs, what it logs and measures, how it checkpoints
-# (not train.eval_max_new_tokens: the prompt-length check, and so task.skip_bad_rows, depends on it)
-RESUMABLE = ("train.steps", "train.eval_every", "train.eval_before", "train.eval_n", "train.eval_k",
+# and where it runs (train.fsdp: checkpoints hold full weights, so a run moves between sharded and
+# replicated, and between process counts); not train.eval_max_new_tokens: the prompt-length check,
+# and so task.skip_bad_rows, depends on it
+RESUMABLE = ("train.fsdp", "train.steps", "train.eval_every", "train.eval_before", "train.eval_n", "train.eval_k",
              "train.eval_temperature", "train.shift_every", "train.tensorboard", "train.max_bad_steps",
              "train.overwrite", "run.threads", "run.progress", "run.dir", "checkpoint.every", "checkpoint.keep",
              "checkpoint.resume", "checkpoint.allow_changes", "task.grader_workers", "task.grader_timeout",
