@@ -19,7 +19,6 @@ from opo.config import (
     load_eval_config,
 )
 from opo.errors import DiskFull, TrainingAborted
-from opo.runtime import reuse_large_allocations
 
 USAGE = """opo: on-policy RL for language models with verifiable rewards (OPO, arXiv 2505.23585)
 
@@ -82,7 +81,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     if ns.command is None:
         parser.print_help()
         return 0
-    reuse_large_allocations()  # a process-wide choice, so the CLI (not the library) makes it
     try:
         return _dispatch(ns)
     except ConfigError as e:
@@ -103,7 +101,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _dispatch(ns: argparse.Namespace) -> int:
-    """Run one command; heavy imports only once its config is valid."""
+    """Run one command; heavy imports (torch: seconds) only once its config is valid, and inside
+    ``main``'s handlers, so a Ctrl-C during them is one line too."""
+    from opo.runtime import reuse_large_allocations
+
+    reuse_large_allocations()  # a process-wide choice, so the CLI (not the library) makes it
     if ns.command == "report":
         from opo.commands.report import run_report
 
