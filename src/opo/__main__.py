@@ -1,7 +1,6 @@
 import os
-import sys
 
-from opo.cli import main
+from opo.cli import entry, main
 
 if "TORCHELASTIC_RUN_ID" in os.environ:
     # Under torchrun: an uncaught error becomes this rank's error file, which torchrun prints as
@@ -9,4 +8,4 @@ if "TORCHELASTIC_RUN_ID" in os.environ:
     from torch.distributed.elastic.multiprocessing.errors import record
 
     main = record(main)
-sys.exit(main())
+entry(main)

@@ -6,7 +6,7 @@ import argparse
 import os
 import signal
 import sys
-from typing import Optional
+from typing import Callable, NoReturn, Optional
 
 from opo.config import (
     Config,
@@ -134,5 +134,19 @@ def _dispatch(ns: argparse.Namespace) -> int:
     return 0
 
 
+def entry(command: Callable[[], int] = main) -> NoReturn:
+    """The ``opo`` executable: run ``command`` and exit with its code. Once it is done, everything is
+    written; the interpreter's shutdown (seconds with torch loaded) then ignores Ctrl-C, which would
+    otherwise print a KeyboardInterrupt from it."""
+    try:
+        code = command()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except KeyboardInterrupt:  # between the command's own handlers and the line above
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print(f"{_who()}: interrupted", file=sys.stderr)
+        code = 128 + signal.SIGINT.value
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
