@@ -276,6 +276,21 @@ def _filler_call(model: PreTrainedModel, token: torch.Tensor) -> torch.Tensor:
     return 0.0 * out.sum()
 
 
+def _bucket_hidden(model: PreTrainedModel, prompts: PromptBatch, last_hidden: torch.Tensor, cache: DynamicCache,
+                   inputs: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Hidden states ``(b, w, H)`` predicting a bucket's completion tokens: the prompt's last one,
+    then one decoder call over the completion's first ``w - 1`` tokens ``inputs`` ``(b, w-1)``
+    against rows ``g`` of the prompt cache (none when ``w == 1``)."""
+    hidden = last_hidden[g].unsqueeze(1)  # (b, 1, H): predicts the first completion token
+    if inputs.shape[1] == 0:
+        return hidden
+    # Right padding after a short row's end is harmless under causal attention.
+    attn = torch.cat([prompts.mask[g], torch.ones_like(inputs)], dim=1)
+    positions = prompts.lengths[g].unsqueeze(1) + torch.arange(inputs.shape[1]).unsqueeze(0)
+    out, _ = run_decoder(model, inputs, attn, positions, _select_cache(cache, g, model.config))
+    return torch.cat([hidden, out], dim=1)
+
+
 def completion_logprobs(
     model: PreTrainedModel,
     prompts: PromptBatch,
@@ -308,16 +323,8 @@ def completion_logprobs(
         w = int(lengths[rows[0]])  # the bucket's longest completion
         if w == 0:
             continue
-        g = group_index[rows]
-        hidden = last_hidden[g].unsqueeze(1)  # (b, 1, H): predicts the first completion token
-        if w > 1:
-            inputs = completions[rows, : w - 1]  # (b, w-1)
-            # Right padding after a short row's end is harmless under causal attention.
-            attn = torch.cat([prompts.mask[g], torch.ones_like(inputs)], dim=1)
-            positions = prompts.lengths[g].unsqueeze(1) + torch.arange(w - 1).unsqueeze(0)
-            out, _ = run_decoder(model, inputs, attn, positions, _select_cache(cache, g, model.config))
-            calls += 1
-            hidden = torch.cat([hidden, out], dim=1)  # (b, w, H)
+        hidden = _bucket_hidden(model, prompts, last_hidden, cache, completions[rows, : w - 1], group_index[rows])
+        calls += w > 1
         sel = mask[rows, :w].bool()  # (b, w)
         hiddens.append(hidden[sel])
         targets.append(completions[rows, :w][sel])

@@ -164,7 +164,6 @@ def policy_update(
     """
     n_groups = len(data.prompts)
     mine = list(dist.share(n_groups))
-    own = set(mine)
     p = _Pass(model, data, algo, scoring)
     if algo.off_policy:
         p.old_logp = record_logprobs(model, scoring, data, mine, p.counts, "passes/old_logprob", dist)
@@ -180,21 +179,7 @@ def policy_update(
         order = torch.randperm(n_groups, generator=generator).tolist() if algo.off_policy else list(range(n_groups))
         size = n_groups // algo.mini_batches
         for start in range(0, n_groups, size):
-            mini = order[start : start + size]
-            optimizer.zero_grad(set_to_none=True)
-            local = [g for g in mini if g in own]
-            rows_all = _rows(data, mini)
-            # Normalisers of the whole mini-batch (all processes), so neither micro-batching nor the
-            # number of processes changes the gradient.
-            p.n_tokens, p.n_seqs = float(data.mask[rows_all].sum()), float(len(rows_all))
-            for mb, real, calls in dist.aligned(micro_batches(data, local, scoring.micro_batch_tokens), mine[:1],
-                                                _calls(data)):
-                _micro_batch(p, mb, real, calls)
-            dist.sum_gradients(model)
-            grad_norms.append(_grad_norm(model, grad_clip))
-            if math.isfinite(grad_norms[-1]):
-                optimizer.step()  # a NaN/inf gradient must not reach the weights
-            optimizer.zero_grad(set_to_none=True)
+            grad_norms.append(_optimizer_step(p, optimizer, order[start : start + size], mine, grad_clip, dist))
     if measure_shift:
         after_logp = record_logprobs(model, scoring, data, mine, p.counts, "passes/policy_shift", dist)
         # Samples come from pi_before: KL(before || after), Schulman 2020. Rows of other processes
@@ -203,6 +188,28 @@ def policy_update(
             p.sums[f"policy_shift/{name}"] = float((KL_ESTIMATORS.get(name)(p.before_logp, after_logp)
                                                     * data.mask).sum())
     return _metrics(p, grad_norms, dist)
+
+
+def _optimizer_step(p: "_Pass", optimizer: torch.optim.Optimizer, mini: list[int], mine: list[int], grad_clip: float,
+                    dist: Dist) -> float:
+    """One optimizer step on mini-batch ``mini`` (its groups this process holds, by micro-batch);
+    returns the gradient norm before clipping. A NaN/inf gradient skips the step."""
+    own = set(mine)
+    rows_all = _rows(p.data, mini)
+    # Normalisers of the whole mini-batch (all processes), so neither micro-batching nor the
+    # number of processes changes the gradient.
+    p.n_tokens, p.n_seqs = float(p.data.mask[rows_all].sum()), float(len(rows_all))
+    optimizer.zero_grad(set_to_none=True)
+    local = [g for g in mini if g in own]
+    for mb, real, calls in dist.aligned(micro_batches(p.data, local, p.scoring.micro_batch_tokens), mine[:1],
+                                        _calls(p.data)):
+        _micro_batch(p, mb, real, calls)
+    dist.sum_gradients(p.model)
+    norm = _grad_norm(p.model, grad_clip)
+    if math.isfinite(norm):
+        optimizer.step()  # a NaN/inf gradient must not reach the weights
+    optimizer.zero_grad(set_to_none=True)
+    return norm
 
 
 @dataclass
