@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opo.algos.advantages import ADVANTAGES, masked_whiten
+from opo.algos.advantages import ADVANTAGES, extras_for, masked_whiten
 
 
 def mask_of(lengths, width=None):
@@ -84,7 +84,9 @@ def test_whiten_single_entry_is_zero():
 @pytest.mark.parametrize("name", ADVANTAGES.names())
 def test_zero_outside_mask_and_shape(name):
     mask = mask_of([3, 1, 2, 2])
-    adv = ADVANTAGES.get(name)(torch.tensor([1.0, 0.0, 0.5, 1.0]), mask, torch.tensor([0, 0, 1, 1]))
+    fn = ADVANTAGES.get(name)
+    extras = extras_for(fn, {"modes": torch.tensor([1, 0, 0, 1]), "tag_mask": torch.ones_like(mask)})
+    adv = fn(torch.tensor([1.0, 0.0, 0.5, 1.0]), mask, torch.tensor([0, 0, 1, 1]), **extras)
     assert adv.shape == mask.shape and torch.all(adv[mask == 0] == 0)
 
 

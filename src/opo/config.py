@@ -87,7 +87,7 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
-    advantage: str = doc("opo", "advantage estimator: opo | opo_batch | grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline")
+    advantage: str = doc("opo", "advantage estimator: opo | opo_batch | grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline | hgpo | hgpo_opo (hybrid thinking)")
     advantage_params: dict = doc({}, "keyword arguments of the estimator, e.g. {gamma: 0.99} for reinforce_pp")
     loss: str = doc("pg", "policy loss: pg (on-policy policy gradient) | ppo_clip")
     loss_params: dict = doc({}, "keyword arguments of the loss, e.g. {clip_low: 0.2, clip_high: 0.28, dual_clip: 3} for ppo_clip")
@@ -146,6 +146,25 @@ class CheckpointConfig:
 
 
 @dataclass
+class HybridConfig:
+    """Hybrid thinking (HGPO, arXiv 2505.14631): the model answers in one of two modes, each opened by a tag token."""
+
+    enabled: bool = doc(False, "sample half of each group thinking and half not, each after its forced mode tag (for algo.advantage=hgpo), and evaluate when the model chooses to think (docs/hybrid.md)")
+    think_tag: str = doc("<think>", "token that opens a thinking response (closed by think_end, then the answer)")
+    think_end: str = doc("</think>", "token that ends the thinking; the answer follows it")
+    no_think_tag: str = doc("<no_think>", "token that opens a direct answer (closed by no_think_end)")
+    no_think_end: str = doc("</no_think>", "token that closes a direct answer")
+    eval_samples: int = doc(2, "HAcc: sampled responses per mode per held-out problem, to find the problem's better mode", ge=1)
+    eval_margin: float = doc(0.0, "HAcc: modes whose mean rewards differ by at most this are a tie, won by the mode with shorter responses", ge=0)
+    group_by: Optional[str] = doc(None, "metadata key that splits the think rate, e.g. num_terms (reasoning_gym chain_sum) or level (math500)")
+
+    def validate(self) -> None:
+        tags = [self.think_tag, self.think_end, self.no_think_tag, self.no_think_end]
+        if not all(t.strip() for t in tags) or len(set(tags)) < 4:
+            raise ConfigError(f"hybrid: the four tags must be distinct and non-empty, got {tags}")
+
+
+@dataclass
 class Config:
     """Settings of ``opo train``."""
 
@@ -158,16 +177,24 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     repetition: RepetitionConfig = field(default_factory=RepetitionConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
 
     def validate(self) -> "Config":
         """Refuse out-of-range values and contradictory settings; returns self."""
-        from opo.algos.advantages import ADVANTAGES
+        from opo.algos.advantages import ADVANTAGES, declared_extras
         from opo.algos.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 
         validate_common(self)
         ADVANTAGES.check("algo.advantage", self.algo.advantage, self.algo.advantage_params, "algo.advantage_params")
         POLICY_LOSSES.check("algo.loss", self.algo.loss, self.algo.loss_params, "algo.loss_params")
         KL_ESTIMATORS.check("algo.kl_estimator", self.algo.kl_estimator)
+        self.hybrid.validate()
+        if declared_extras(ADVANTAGES.get(self.algo.advantage)) and not self.hybrid.enabled:
+            raise ConfigError(f"algo.advantage={self.algo.advantage} trains the choice between thinking and not: "
+                              "set hybrid.enabled=true (and start from a model that has the mode tags, docs/hybrid.md)")
+        if self.hybrid.enabled and self.rollout.samples_per_prompt % 2:
+            raise ConfigError(f"hybrid.enabled=true samples half of each group in each mode: rollout.samples_per_prompt "
+                              f"must be even, got {self.rollout.samples_per_prompt}")
         _choice("algo.aggregation", self.algo.aggregation, list(AGGREGATIONS))
         _validate_eval_k("train.eval_k", self.train.eval_k, self.train.eval_n)
         if self.rollout.truncated_reward not in (None, "grade", "zero") and not _finite(self.rollout.truncated_reward):

@@ -6,7 +6,9 @@ Every estimator has the signature
 
 with ``scores`` the sequence-level rewards ``(N,)``, ``mask`` the response mask ``(N, T)`` (1 on
 response tokens), ``group_ids`` ``(N,)`` integers naming the prompt each response answers, and
-returns token-level advantages ``(N, T)`` that are zero outside the mask.
+returns token-level advantages ``(N, T)`` that are zero outside the mask. Per-sample extras
+(HGPO's thinking ``modes`` ``(N,)`` and mode ``tag_mask`` ``(N, T)``) are keyword-only parameters
+of the estimators that need them; the trainer passes exactly those (:func:`extras_for`).
 
 Names that also exist in verl's ``trainer/ppo/core_algos.py`` (opo, grpo, rloo, reinforce_pp,
 reinforce_pp_baseline) reproduce its numbers, including its handling of a group of size 1: the
@@ -15,6 +17,7 @@ group baseline is 0 there (the advantage is the raw score) and GRPO's std is 1.
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
@@ -22,10 +25,36 @@ import torch
 from opo.registry import Registry
 
 AdvantageFn = Callable[..., torch.Tensor]
-# the probe runs a member on a group of two, so bad algo.advantage_params fail before the model loads
-ADVANTAGES: Registry[AdvantageFn] = Registry(
-    "advantage estimator",
-    probe=lambda fn, params: fn(torch.tensor([0.0, 1.0]), torch.ones(2, 1), torch.zeros(2, dtype=torch.long), **params))
+
+# Per-sample extras an estimator may declare as keyword-only parameters (HGPO's thinking modes).
+EXTRAS = ("modes", "tag_mask")
+
+
+def declared_extras(fn: AdvantageFn) -> list[str]:
+    """The per-sample extras ``fn`` takes."""
+    return [name for name in EXTRAS if name in inspect.signature(fn).parameters]
+
+
+def extras_for(fn: AdvantageFn, available: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The per-sample extras ``fn`` declares, taken from ``available``; a declared one that is missing
+    is an error naming what the estimator needs."""
+    wanted = declared_extras(fn)
+    missing = [name for name in wanted if name not in available]
+    if missing:
+        raise ValueError(f"advantage estimator {fn.__name__} needs {', '.join(missing)}: "
+                         "sample both thinking modes (hybrid.enabled=true)")
+    return {name: available[name] for name in wanted}
+
+
+def _probe(fn: AdvantageFn, params: dict) -> torch.Tensor:
+    """Run a member on a group of two (one response per thinking mode, the tag first), so bad
+    algo.advantage_params fail before the model loads."""
+    extras = {"modes": torch.tensor([1, 0]), "tag_mask": torch.tensor([[1.0, 0.0], [1.0, 0.0]])}
+    return fn(torch.tensor([0.0, 1.0]), torch.ones(2, 2), torch.zeros(2, dtype=torch.long),
+              **extras_for(fn, extras), **params)
+
+
+ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator", probe=_probe)
 
 
 def _groups(group_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -154,3 +183,76 @@ def reinforce_pp_baseline(scores: torch.Tensor, mask: torch.Tensor, group_ids: t
     mean, _ = _group_mean_std(scores, group_ids)
     m = mask.to(scores.dtype)
     return masked_whiten(_broadcast(scores - mean, m), m) * m
+
+
+# --- Hybrid thinking (HGPO, Jiang et al. 2025, arXiv 2505.14631, Sec. 3.2) ---------------------------
+# Every prompt's group holds responses in both modes (``modes``: 1 thinking, 0 not), each starting
+# with its mode tag token (``tag_mask``). Two binary rewards come from the verifiable scores:
+# inter-group (which mode wins, given to every response of the winning mode) and intra-group (which
+# response is best within its own mode's half). Every token learns from the intra reward; the tag
+# token, where the model chooses its mode, also learns from the inter reward.
+
+
+def hgpo_rewards(scores: torch.Tensor, group_ids: torch.Tensor, modes: torch.Tensor, margin: float = 0.2
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inter- and intra-group rewards ``(N,)`` each (arXiv 2505.14631, Eq. 9).
+
+    Inter: 1 for every response of the winning mode, where thinking wins iff
+    mean(thinking scores) > mean(non-thinking scores) + ``margin``; a tie goes to not thinking.
+    Intra: 1 for each response at its mode half's maximum score (ties: all of them), else 0.
+    """
+    inverse, g = _groups(group_ids)
+    think = (modes == 1).to(scores.dtype)  # (N,)
+    n_think = _group_sum(think, inverse, g)
+    n_no = _group_sum(1 - think, inverse, g)
+    if bool((n_think == 0).any() or (n_no == 0).any()):
+        raise ValueError("HGPO needs both thinking modes in every prompt's group (modes 1 and 0)")
+    r_think = _group_sum(scores * think, inverse, g) / n_think  # (N,) mean reward of each group's halves
+    r_no = _group_sum(scores * (1 - think), inverse, g) / n_no
+    think_wins = r_think > r_no + margin
+    inter = (think.bool() == think_wins).to(scores.dtype)
+    half = inverse * 2 + (modes == 1).long()  # (N,) index of (group, mode)
+    half_max = torch.full((2 * g,), -torch.inf, dtype=scores.dtype).scatter_reduce(0, half, scores, "amax")
+    intra = (scores >= half_max[half]).to(scores.dtype)
+    return inter, intra
+
+
+def _hgpo_check(mask: torch.Tensor, tag_mask: torch.Tensor, alpha: float, margin: float) -> None:
+    if tag_mask.shape != mask.shape:
+        raise ValueError(f"tag_mask {tuple(tag_mask.shape)} must have the response mask's shape {tuple(mask.shape)}")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+
+
+@ADVANTAGES.register("hgpo")
+def hgpo(scores: torch.Tensor, mask: torch.Tensor, group_ids: torch.Tensor, *, modes: torch.Tensor,
+         tag_mask: torch.Tensor, alpha: float = 1.0, margin: float = 0.2, epsilon: float = 1e-6) -> torch.Tensor:
+    """HGPO, GRPO form (arXiv 2505.14631, Eq. 10): A_t = norm(r_intra) + alpha * 1[t is the tag] * norm(r_inter).
+
+    norm(r) = (r - mean_g) / (std_g + epsilon) over the prompt's whole group of N (both modes),
+    unbiased std as ``grpo``. ``modes`` ``(N,)``: 1 thinking, 0 not; ``tag_mask`` ``(N, T)``: 1 on
+    the mode tag token. alpha = 0 drops the mode signal; ``margin`` favours not thinking.
+    """
+    _hgpo_check(mask, tag_mask, alpha, margin)
+    inter, intra = hgpo_rewards(scores, group_ids, modes, margin)
+    mean, std = _group_mean_std(intra, group_ids)
+    intra_adv = (intra - mean) / (std + epsilon)  # (N,)
+    mean, std = _group_mean_std(inter, group_ids)
+    inter_adv = (inter - mean) / (std + epsilon)
+    return _broadcast(intra_adv, mask) + alpha * _broadcast(inter_adv, tag_mask * mask)
+
+
+@ADVANTAGES.register("hgpo_opo")
+def hgpo_opo(scores: torch.Tensor, mask: torch.Tensor, group_ids: torch.Tensor, *, modes: torch.Tensor,
+             tag_mask: torch.Tensor, alpha: float = 1.0, margin: float = 0.2) -> torch.Tensor:
+    """HGPO with OPO baselines (not in the paper): every token gets r_intra minus the group's
+    length-weighted mean of r_intra (``opo``, arXiv 2505.23585, Eq. 6); the tag token also gets
+    alpha * (r_inter - group mean of r_inter), the optimal baseline of a one-token term. No std division.
+    """
+    _hgpo_check(mask, tag_mask, alpha, margin)
+    inter, intra = hgpo_rewards(scores, group_ids, modes, margin)
+    intra_adv = opo(intra, mask, group_ids)  # (N, T)
+    inter_adv = dr_grpo(inter, tag_mask * mask, group_ids)  # (N, T), nonzero on the tag only
+    return intra_adv + alpha * inter_adv
