@@ -1,6 +1,7 @@
 import copy
 import math
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -141,3 +142,30 @@ def test_inverse_cdf_sampling_draws_from_the_distribution():
     hit = expected > 0
     chi2 = float(((counts[hit] - expected[hit]) ** 2 / expected[hit]).sum())
     assert chi2 < 18.5  # chi-square, 4 degrees of freedom, p = 0.001
+
+
+def test_forced_prefixes_start_completions_with_their_log_probs(tiny):
+    # HGPO's mode tag: forced tokens are part of the completion and scored, but not drawn
+    model, tok = tiny
+    prompts = [[1, 5, 6, 7], [9, 10]]
+    engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, precision="fp32", seed=3)
+    prefixes = [[40], [41, 42], [40], [41, 42]]  # 2 samples per prompt, prompt-major
+    batch = engine.generate(prompts, [0, 1], 2, 5, 0.8, prefixes=prefixes)
+    for r, p in zip(batch.rollouts, prefixes):
+        assert r.completion[:len(p)] == p and r.meta["forced"] == len(p)
+    plist, gi = batch.prompts()
+    ids, mask, sampler = batch.completion_tensors(tok.pad_token_id)
+    with torch.no_grad():
+        trainer, _ = completion_logprobs(model, PromptBatch.from_lists(plist, tok.pad_token_id), ids, mask, gi, 0.8)
+    assert torch.allclose(sampler * mask, trainer * mask, atol=1e-5)
+    # without prefixes nothing is forced and the meta stays empty
+    assert all(r.meta == {} for r in engine.generate(prompts, [0, 1], 2, 3, 0.8).rollouts)
+
+
+def test_forced_prefix_errors(tiny):
+    model, tok = tiny
+    engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, precision="fp32")
+    with pytest.raises(ValueError, match="one per completion"):
+        engine.generate([[1, 2]], [0], 2, 4, 1.0, prefixes=[[5]])
+    with pytest.raises(ValueError, match="does not fit"):
+        engine.generate([[1, 2]], [0], 1, 2, 1.0, prefixes=[[5, 6, 7]])

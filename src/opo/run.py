@@ -19,10 +19,11 @@ from transformers.utils import logging as hf_logging
 
 from opo.config import Config, OptimConfig, RunSettings
 from opo.distributed import Dist, local_world_size
+from opo.hybrid import ModeTokens
 from opo.models import load_model, stop_token_ids
 from opo.rollout.hf import HFEngine
 from opo.runtime import pick_threads, resolve_precisions
-from opo.tasks import Task, build_task, limit_prompt_length
+from opo.tasks import Task, build_task, decode, limit_prompt_length
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,11 @@ class Run:
     optimizer: Optional[torch.optim.Optimizer] = None
     scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
     shuffle: Optional[torch.Generator] = None  # off-policy mini-batch order
+    modes: Optional[ModeTokens] = None  # the mode tags' ids under hybrid.enabled
+
+    def answer_text(self, completion: list[int]) -> str:
+        """The text the task grades: a hybrid response's answer part, else the whole completion."""
+        return self.modes.answer_text(self.tok, completion) if self.modes else decode(self.tok, completion)
 
     def close(self) -> None:
         self.task.close()
@@ -100,7 +106,9 @@ def _build(cfg: Any, compute: Compute, task: Task, max_new_tokens: int, d: Dist,
     engine = HFEngine(model, stop_token_ids(model, tok), tok.pad_token_id, compute.sampling, seed=seed,
                       separate=d.fsdp)
     limit_prompt_length(task, tok, model, max_new_tokens)
-    run = Run(cfg, compute, model, tok, task, engine, d, policy=model)
+    hybrid = getattr(cfg, "hybrid", None)
+    modes = ModeTokens.of(tok, hybrid) if hybrid is not None and hybrid.enabled else None
+    run = Run(cfg, compute, model, tok, task, engine, d, policy=model, modes=modes)
     if not isinstance(cfg, Config):  # opo eval, opo diagnose: no optimizer
         model.eval()
         return run

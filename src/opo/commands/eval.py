@@ -14,8 +14,8 @@ from pathlib import Path
 from opo import rundir
 from opo.config import EvalConfig
 from opo.evaluate import Sample, evaluate, metrics_of
+from opo.hybrid_eval import evaluate_hybrid, hybrid_metrics
 from opo.run import Run, output_dir, setup
-from opo.tasks import Example
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, float]:
@@ -34,20 +34,28 @@ def run_eval(cfg: EvalConfig) -> dict[str, float]:
                 samples_file.writelines(json.dumps(asdict(s)) + "\n" for s in new)
                 samples_file.flush()
 
-            metrics, _ = evaluate(run.engine, run.tok, run.task, n=cfg.n, ks=tuple(cfg.k), temperature=cfg.temperature,
-                                  max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy, batch_size=cfg.batch_size,
-                                  repetition=(cfg.repetition.n, cfg.repetition.min_count), on_samples=keep,
-                                  progress=cfg.run.progress)
+            if run.modes:  # a hybrid model: when it thinks and whether that is the better mode
+                metrics, _ = evaluate_hybrid(run.engine, run.tok, run.task, run.modes, cfg.hybrid,
+                                             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                             batch_size=cfg.batch_size, on_samples=keep, progress=cfg.run.progress)
+            else:
+                metrics, _ = evaluate(run.engine, run.tok, run.task, n=cfg.n, ks=tuple(cfg.k),
+                                      temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy,
+                                      batch_size=cfg.batch_size, repetition=(cfg.repetition.n, cfg.repetition.min_count),
+                                      on_samples=keep, progress=cfg.run.progress)
     except KeyboardInterrupt:
-        _finish(cfg, run, out_dir, _complete_problems(done, cfg, run.task.eval_examples()), started, interrupted=True)
+        _finish(cfg, run, out_dir, _complete_problems(done, cfg, run), started, interrupted=True)
         raise
     finally:
         run.close()
     return _finish(cfg, run, out_dir, metrics, started)
 
 
-def _complete_problems(samples: list[Sample], cfg: EvalConfig, examples: list[Example]) -> dict[str, float]:
+def _complete_problems(samples: list, cfg: EvalConfig, run: Run) -> dict[str, float]:
     """Metrics of the problems that have every sample (greedy and n sampled) done."""
+    examples = run.task.eval_examples()
+    if run.modes:  # hybrid samples arrive a whole problem at a time
+        return hybrid_metrics(samples, examples, cfg.hybrid) if samples else {}
     counts = Counter(s.problem for s in samples)
     finished = [s for s in samples if counts[s.problem] == int(cfg.greedy) + cfg.n]
     return metrics_of(finished, examples, tuple(cfg.k) if cfg.n else ()) if finished else {}
@@ -76,20 +84,23 @@ def format_table(metrics: dict[str, float], cfg: EvalConfig) -> str:
     lines = [head, "-" * len(head)]
     groups: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
-        name = key.removeprefix("eval/")
+        if not key.startswith(("eval/", "hybrid/")):
+            continue
+        name = key.split("/", 1)[1]
         if name.startswith("by_"):
             group, metric = name.rsplit("/", 1)
             groups.setdefault(group, {})[metric] = value
-        elif name.startswith(("length", "grader_")):
+        elif name.startswith(("grader_",)) or name.endswith("length"):
             lines.append(f"{name:<24} {value:>8.1f}")
-        elif key.startswith("eval/") and name not in ("n", "samples_per_problem"):
+        elif name not in ("n", "samples_per_problem"):
             lines.append(f"{name:<24} {value:>8.1%}")
     if groups:
-        cols = [c for c in ("accuracy", "pass@1") if any(c in g for g in groups.values())]
+        cols = [c for c in ("accuracy", "pass@1", "hacc", "think_rate", "think_accuracy", "no_think_accuracy")
+                if any(c in g for g in groups.values())]
         lines.append("")
-        lines.append(f"{'group':<40} {'n':>5} " + " ".join(f"{c:>9}" for c in cols))
+        lines.append(f"{'group':<40} {'n':>5} " + " ".join(f"{c:>{max(9, len(c))}}" for c in cols))
         for group, vals in groups.items():
             label = group.removeprefix("by_")
-            lines.append(f"{label:<40} {int(vals['n']):>5} " + " ".join(f"{vals.get(c, 0.0):>9.1%}" for c in cols))
+            lines.append(f"{label:<40} {int(vals['n']):>5} " + " ".join(f"{vals.get(c, 0.0):>{max(9, len(c))}.1%}" for c in cols))
     lines.append(f"{'time':<24} {metrics['time/eval_s']:>7.0f}s")
     return "\n".join(lines)

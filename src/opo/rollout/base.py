@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
 
 import torch
 
@@ -14,8 +14,9 @@ class Rollout:
 
     ``logprobs`` are the sampler's per-token log-probs of ``completion`` (same length);
     ``finish`` is ``"stop"`` (an end token was sampled, and is part of ``completion``) or
-    ``"length"`` (``max_new_tokens`` reached). ``group`` names the prompt; ``meta`` is free for
-    methods that need more (HGPO's thinking mode).
+    ``"length"`` (``max_new_tokens`` reached). ``group`` names the prompt; ``meta`` holds what
+    methods need besides: ``forced``, the number of leading tokens that were forced, not drawn
+    (HGPO's mode tag), and ``mode`` where hybrid thinking sets one.
     """
 
     prompt: list[int]
@@ -68,8 +69,12 @@ class Engine(Protocol):
     """Anything that samples completions from the current policy weights."""
 
     def generate(
-        self, prompts: list[list[int]], groups: list[int], samples: int, max_new_tokens: int, temperature: float
-    ) -> RolloutBatch: ...
+        self, prompts: list[list[int]], groups: list[int], samples: int, max_new_tokens: int, temperature: float,
+        prefixes: Optional[list[list[int]]] = None,
+    ) -> RolloutBatch:
+        """``samples`` completions per prompt; ``prefixes`` (one per completion, prompt-major): forced
+        first tokens, which belong to the completion but were not drawn (``meta["forced"]`` counts them)."""
+        ...
 
     def sync_weights(self) -> None:
         """Make the next rollouts use the policy's current weights (called after every optimizer step)."""

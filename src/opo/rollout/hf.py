@@ -9,6 +9,7 @@ model's own ``top_k``/repetition settings, which silently break exact on-policy 
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -78,25 +79,28 @@ class HFEngine:
             u = F.linear(hidden.to(head.weight.dtype), head.weight, head.bias)  # (A, V)
         return self.transform(u)
 
-    def _sample(self, logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Next tokens ``(A,)`` and their log-probs under the distribution sampled from ``(A,)``."""
-        if temperature == 0.0:
-            logp = logits.log_softmax(-1)
-            tok = logits.argmax(-1)
-            return tok, logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
-        logp = (logits / temperature).log_softmax(-1)  # (A, V)
-        tok = sample_categorical(logp.exp(), self.generator)
+    def _sample(self, logits: torch.Tensor, temperature: float, forced: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next tokens ``(A,)`` and their log-probs under the distribution sampled from ``(A,)``;
+        rows whose ``forced`` ``(A,)`` token is >= 0 take that token instead of a draw."""
+        logp = (logits if temperature == 0.0 else logits / temperature).log_softmax(-1)  # (A, V)
+        tok = logits.argmax(-1) if temperature == 0.0 else sample_categorical(logp.exp(), self.generator)
+        tok = torch.where(forced >= 0, forced, tok)
         return tok, logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
 
     @torch.no_grad()
     def generate(
-        self, prompts: list[list[int]], groups: list[int], samples: int, max_new_tokens: int, temperature: float
+        self, prompts: list[list[int]], groups: list[int], samples: int, max_new_tokens: int, temperature: float,
+        prefixes: Optional[list[list[int]]] = None,
     ) -> RolloutBatch:
-        """``samples`` completions of each prompt; ``temperature=0`` decodes greedily."""
+        """``samples`` completions of each prompt; ``temperature=0`` decodes greedily. ``prefixes``: a
+        forced start of each completion (prompt-major, ``samples`` per prompt), part of the completion
+        with its log-prob but not drawn; ``meta["forced"]`` counts its tokens."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         batch = PromptBatch.from_lists(prompts, self.pad_id)
         n = len(prompts) * samples
+        forced = _forced_tokens(prefixes, n, max_new_tokens)  # (N, F), -1 where the sampler draws
         row = torch.arange(len(prompts)).repeat_interleave(samples)  # (N,) prompt row of each sample
         tokens: list[list[int]] = [[] for _ in range(n)]
         logps: list[list[float]] = [[] for _ in range(n)]
@@ -108,7 +112,8 @@ class HFEngine:
         pos = batch.lengths[row]  # (N,) position of the next token
         active = torch.arange(n)  # sample index of each live row
         for step in range(max_new_tokens):
-            tok, lp = self._sample(logits, temperature)
+            tok, lp = self._sample(logits, temperature, forced[active, step] if step < forced.shape[1]
+                                   else torch.full_like(active, -1))
             for i, t, l in zip(active.tolist(), tok.tolist(), lp.tolist()):
                 tokens[i].append(t)
                 logps[i].append(l)
@@ -127,9 +132,26 @@ class HFEngine:
             logits = self._logits(hidden[:, -1])
             pos = pos + 1
         rollouts = [
-            Rollout(prompts[row[i]], tokens[i], logps[i], finish[i], groups[row[i]]) for i in range(n)
+            Rollout(prompts[row[i]], tokens[i], logps[i], finish[i], groups[row[i]],
+                    {"forced": int((forced[i] >= 0).sum())} if prefixes is not None else {})
+            for i in range(n)
         ]
         return RolloutBatch(rollouts)
+
+
+def _forced_tokens(prefixes: Optional[list[list[int]]], n: int, max_new_tokens: int) -> torch.Tensor:
+    """Forced completion starts as a right-padded ``(N, F)`` table, -1 where the sampler draws."""
+    if prefixes is None:
+        return torch.full((n, 0), -1, dtype=torch.long)
+    if len(prefixes) != n:
+        raise ValueError(f"prefixes: one per completion expected ({n}), got {len(prefixes)}")
+    width = max(map(len, prefixes), default=0)
+    if width > max_new_tokens:
+        raise ValueError(f"a forced prefix of {width} tokens does not fit max_new_tokens={max_new_tokens}")
+    table = torch.full((n, width), -1, dtype=torch.long)
+    for i, p in enumerate(prefixes):
+        table[i, :len(p)] = torch.tensor(p, dtype=torch.long)
+    return table
 
 
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator, block: int = 1024) -> torch.Tensor:
