@@ -254,3 +254,14 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
 def load_state(ckpt: Path) -> dict[str, Any]:
     """Training state of a checkpoint, loaded without executing code."""
     return torch.load(ckpt / STATE_FILE, weights_only=True)
+
+
+def restore(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    """Load a checkpoint's optimizer, scheduler and RNG states (its weights are loaded with the
+    model); returns its whole training state for the command's own entries."""
+    state = load_state(ckpt)
+    load_optimizer_state(model, optimizer, state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return state

@@ -1,4 +1,5 @@
-"""The run directory: one run at a time in it, never two runs mixed in it, logs cut back on resume.
+"""The run directory: one run at a time in it, never two runs mixed in it, a resume only with the
+run's settings, logs cut back on resume.
 
 Every write that replaces a file goes through a temporary file in the same directory, fsynced and
 renamed, so a kill at any moment leaves either the old file or the new one.
@@ -6,6 +7,7 @@ renamed, so a kill at any moment leaves either the old file or the new one.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -13,10 +15,14 @@ import shutil
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any, Callable, Optional
+
+import yaml
 
 from opo import checkpoint
+from opo.distributed import Dist
 from opo.errors import ConfigError
 
 LOCK = ".lock"
@@ -84,20 +90,80 @@ RESUMABLE = ("train.fsdp", "train.steps", "train.eval_every", "train.eval_before
              "task.reward_timeout", "repetition.n", "repetition.min_count")
 
 
-def config_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """``key: before -> now`` for every setting outside :data:`RESUMABLE` that differs."""
+def config_changes(before: dict[str, Any], now: dict[str, Any], resumable: tuple[str, ...] = RESUMABLE) -> list[str]:
+    """``key: before -> now`` for every setting outside ``resumable`` that differs."""
     old, new = _flat(before), _flat(now)
     return [f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}" for k in sorted(old.keys() | new.keys())
-            if k not in RESUMABLE and old.get(k, "(absent)") != new.get(k, "(absent)")]
+            if k not in resumable and old.get(k, "(absent)") != new.get(k, "(absent)")]
 
 
 def _flat(config: dict[str, Any]) -> dict[str, Any]:
-    """``{section: {name: value}}`` -> ``{"section.name": value}``."""
-    return {f"{section}.{name}": value for section, keys in config.items() if isinstance(keys, dict)
-            for name, value in keys.items()}
+    """``{section: {name: value}}`` -> ``{"section.name": value}``; a top-level setting keeps its name."""
+    flat: dict[str, Any] = {}
+    for section, keys in config.items():
+        if isinstance(keys, dict):
+            flat.update({f"{section}.{name}": value for name, value in keys.items()})
+        else:
+            flat[section] = keys
+    return flat
 
 
-def prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
+@dataclass(frozen=True)
+class Claim:
+    """What a command's run directory is claimed with: its settings (``config.to_dict()``), whether
+    to resume, overwrite or accept changed settings, and which settings may change on resume."""
+
+    settings: dict[str, Any]
+    resume: bool
+    allow_changes: bool
+    overwrite: bool
+    overwrite_key: str = "train.overwrite"
+    resumable: tuple[str, ...] = RESUMABLE
+
+
+def claim(run_dir: Path, c: Claim, held: contextlib.ExitStack, say: Callable[[str], None],
+          d: Dist = Dist()) -> Optional[Path]:
+    """Lock ``run_dir`` for the run (rank 0, one lock per job, released when ``held`` closes), refuse
+    to mix two runs in it or to resume with other settings, and return the checkpoint to resume from.
+    A refusal stops every process with rank 0's message, not at a later collective."""
+    refusal, resume_from = None, None
+    if d.main:
+        try:
+            check_writable(run_dir)
+            held.enter_context(RunDirLock(run_dir))
+            prepare(run_dir, c.resume, c.overwrite, c.overwrite_key)
+            resume_from = checkpoint.latest(run_dir / "checkpoints") if c.resume else None
+            if resume_from is not None:
+                check_same_settings(resume_from, c, say)
+        except ConfigError as e:
+            refusal = str(e)
+    refusal, resume_from = d.broadcast((refusal, resume_from))
+    if refusal:
+        raise ConfigError(refusal)
+    if c.resume and resume_from is None:
+        say(f"resume: no complete checkpoint in {run_dir / 'checkpoints'}; starting from step 0")
+    return resume_from
+
+
+def check_same_settings(ckpt: Path, c: Claim, say: Callable[[str], None]) -> None:
+    """A resumed run goes on with the settings it started with, unless ``c.allow_changes``."""
+    saved = ckpt / "config.yaml"
+    try:
+        before = yaml.safe_load(saved.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"resume: cannot read the settings of {ckpt} ({saved}: {e})") from e
+    changes = config_changes(before, c.settings, c.resumable)
+    if changes and not c.allow_changes:
+        older = "run" not in before  # keys renamed since: the settings cannot be compared one by one
+        raise ConfigError(f"resume: these settings differ from the run's ({saved}): {'; '.join(changes)}. "
+                          + ("The run was written by an earlier version of opo. " if older else "")
+                          + "Resume with the run's settings, or accept the change with checkpoint.allow_changes=true "
+                          "(the weights still come from the checkpoint)")
+    if changes:
+        say(f"resume: continuing with changed settings (checkpoint.allow_changes=true): {'; '.join(changes)}")
+
+
+def prepare(run_dir: Path, resume: bool, overwrite: bool, overwrite_key: str = "train.overwrite") -> None:
     """Refuse to start a new run where one already is (its checkpoints would be pruned by the new
     run's, its logs appended to); with ``overwrite``, delete the old run first. Removes checkpoint
     directories that a killed save left half-written. Call with the directory locked."""
@@ -108,7 +174,7 @@ def prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
             what = f"its last checkpoint is {last.name}" if last else "no complete checkpoint"
             raise ConfigError(
                 f"run.dir {run_dir} already holds a run ({', '.join(found)}; {what}). Continue it with "
-                "checkpoint.resume=true, choose a new run.dir, or delete it with train.overwrite=true"
+                f"checkpoint.resume=true, choose a new run.dir, or delete it with {overwrite_key}=true"
             )
         for name in found:
             target = run_dir / name

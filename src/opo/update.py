@@ -205,7 +205,7 @@ def _optimizer_step(p: "_Pass", optimizer: torch.optim.Optimizer, mini: list[int
                                         _calls(p.data)):
         _micro_batch(p, mb, real, calls)
     dist.sum_gradients(p.model)
-    norm = _grad_norm(p.model, grad_clip)
+    norm = grad_norm(p.model, grad_clip)
     if math.isfinite(norm):
         optimizer.step()  # a NaN/inf gradient must not reach the weights
     optimizer.zero_grad(set_to_none=True)
@@ -294,7 +294,7 @@ def _logprob_dtype(model: torch.nn.Module) -> torch.dtype:
     return torch.promote_types(next(model.parameters()).dtype, torch.float32)
 
 
-def _grad_norm(model: PreTrainedModel, clip: float) -> float:
+def grad_norm(model: PreTrainedModel, clip: float) -> float:
     """The gradient's global norm (over all shards) before clipping; clips it to ``clip`` if ``clip > 0``."""
     params = [p for p in model.parameters() if p.grad is not None]
     if clip > 0:

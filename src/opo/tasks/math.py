@@ -7,12 +7,13 @@ graded by :mod:`opo.rewards.grader` (number fast path, math-verify under a hard 
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from opo import jsonl
+from opo.jsonl import BadRow
 from opo.rewards.grader import GraderPool, extract_answer, extract_gsm8k, grade_math
 from opo.tasks.base import Example, Graded, prompt_messages, question_key
 
@@ -34,6 +35,7 @@ PRESETS = {
     "math500": Preset("math500.jsonl", "problem", "answer", "plain", ("subject", "level")),
 }
 EXTRACTION = {"math": ("boxed", "gsm8k", "last_number"), "boxed": ("boxed",)}
+SKIP_KEY = "task.skip_bad_rows"
 
 
 @dataclass
@@ -46,24 +48,8 @@ class Row:
     fields: dict[str, Any]
 
 
-class BadRow(ValueError):
-    """Why one row cannot be used (the caller adds file and line)."""
-
-
-def parse_row(raw: bytes, line: int, question_field: str, answer_field: str, answer_format: str) -> Optional[Row]:
-    """The row on one line of a JSONL file, None for a blank line; BadRow says what is wrong."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise BadRow(f"not UTF-8 ({e.reason} at byte {e.start})") from None
-    if not text.strip():
-        return None
-    try:
-        fields = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BadRow(f"not valid JSON ({e.msg})") from None
-    if not isinstance(fields, dict):
-        raise BadRow("expected a JSON object")
+def parse_row(fields: dict, line: int, question_field: str, answer_field: str, answer_format: str) -> Row:
+    """The row of one line's JSON object; BadRow says what is wrong."""
     for name in (question_field, answer_field):
         value = fields.get(name)
         if value is None or not str(value).strip():
@@ -74,36 +60,6 @@ def parse_row(raw: bytes, line: int, question_field: str, answer_field: str, ans
         if answer is None:
             raise BadRow(f"field '{answer_field}' has no '#### <answer>' line")
     return Row(line, str(fields[question_field]), answer.strip(), fields)
-
-
-def load_rows(path: Path, question_field: str, answer_field: str, answer_format: str,
-              skip_bad: bool = False) -> tuple[list[Row], list[str]]:
-    """The usable rows of a JSONL file and, with ``skip_bad``, a 'file:line: reason' per row left out;
-    without it the first bad row raises ValueError naming file, line and field."""
-    if not path.is_file():
-        raise ValueError(f"task data file '{path}' does not exist")
-    rows, skipped = [], []
-    with open(path, "rb") as f:
-        for line, raw in enumerate(f, start=1):
-            try:
-                row = parse_row(raw, line, question_field, answer_field, answer_format)
-            except BadRow as e:
-                if not skip_bad:
-                    raise ValueError(f"{path}:{line}: {e} (task.skip_bad_rows=true skips such rows)") from None
-                skipped.append(f"{path}:{line}: {e}")
-                continue
-            if row is not None:
-                rows.append(row)
-    if not rows:
-        raise ValueError(f"task data file '{path}' holds no usable rows" + (f" ({len(skipped)} skipped)" if skipped else ""))
-    return rows, skipped
-
-
-def warn_skipped(path: Path, reasons: list[str], shown: int = 5) -> None:
-    """One warning naming the first ``shown`` rows left out and how many there were."""
-    more = f"; and {len(reasons) - shown} more" if len(reasons) > shown else ""
-    print(f"opo: warning: {path}: skipped {len(reasons)} bad row{'s' * (len(reasons) > 1)} (task.skip_bad_rows=true): "
-          + "; ".join(reasons[:shown]) + more, file=sys.stderr)
 
 
 class MathTask:
@@ -140,12 +96,13 @@ class MathTask:
         self.path = Path(path) if path else DATA_DIR / preset.path
         self.breakdown = preset.breakdown
         self.skip_bad_rows = skip_bad_rows
-        self.rows, skipped = load_rows(self.path, question_field or preset.question_field,
-                                       answer_field or preset.answer_field, answer_format or preset.answer_format,
-                                       skip_bad_rows)
+        fields = (question_field or preset.question_field, answer_field or preset.answer_field,
+                  answer_format or preset.answer_format)
+        self.rows, skipped = jsonl.read_rows(self.path, lambda row, line: parse_row(row, line, *fields), skip_bad_rows,
+                                             SKIP_KEY, "task data file")
         self.skipped_rows = len(skipped)
         if skipped:
-            warn_skipped(self.path, skipped)
+            jsonl.warn_skipped(self.path, skipped, SKIP_KEY)
         self.prompt_template = prompt_template or MATH_PROMPT
         self.system_prompt = system_prompt
         self.methods = EXTRACTION[extractor or "math"]
@@ -221,7 +178,7 @@ class MathTask:
                              "max_new_tokens, or drop such rows with task.skip_bad_rows=true")
         self.rows = [r for r in self.rows if r.line not in bad]
         self.skipped_rows += len(bad)
-        warn_skipped(self.path, list(bad.values()))
+        jsonl.warn_skipped(self.path, list(bad.values()), SKIP_KEY)
         if not self.rows:
             raise ValueError(f"task data file '{self.path}': no row fits the model")
         self._split()  # the held-out split is over the kept rows
