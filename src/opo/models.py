@@ -29,11 +29,12 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
+from tokenizers import AddedToken
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from opo import checkpoint
@@ -135,11 +136,13 @@ def _load_tokenizer(path: str, src: str, trust_remote_code: bool) -> PreTrainedT
 
 
 def load_model(
-    path: str, trust_remote_code: bool = False, seed: int = 0, attention: str = "eager"
+    path: str, trust_remote_code: bool = False, seed: int = 0, attention: str = "eager",
+    tokenizer: Optional[PreTrainedTokenizerBase] = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load (policy, tokenizer) in fp32 for training, with the ``attention`` kernel ('eager' or 'sdpa')."""
+    """Load (policy, tokenizer) in fp32 for training, with the ``attention`` kernel ('eager' or 'sdpa');
+    ``tokenizer``: one already loaded for ``path`` (e.g. to check data before the weights load)."""
     src = _resolve(path)
-    tok = _load_tokenizer(path, src, trust_remote_code)
+    tok = tokenizer if tokenizer is not None else _load_tokenizer(path, src, trust_remote_code)
     if path == "tiny":
         model = tiny_model(tok, seed)
     else:
@@ -417,3 +420,48 @@ def stop_token_ids(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> list
         if value is not None:
             ids.update([value] if isinstance(value, int) else value)
     return sorted(ids)
+
+
+def extend_tokenizer(tok: PreTrainedTokenizerBase, tokens: list[str]) -> dict[int, list[int]]:
+    """Add ``tokens`` to ``tok`` as special tokens (never split, each one id); one the tokenizer
+    already has as a single token is left alone. Returns each new id with the ids the tokenizer
+    split its text into before (for :func:`init_new_embeddings`)."""
+    vocab = tok.get_vocab()
+    new = [t for t in dict.fromkeys(tokens) if t not in vocab]
+    pieces = {t: tok.encode(t, add_special_tokens=False) for t in new}
+    tok.add_special_tokens({"extra_special_tokens": [AddedToken(t, special=True, normalized=False) for t in new]},
+                           replace_extra_special_tokens=False)
+    for t in tokens:
+        ids = tok.encode(t, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"token {t!r} is not a single token of the tokenizer (it encodes to {ids}); "
+                             "choose a text that is not part of the vocabulary yet")
+    return {tok.convert_tokens_to_ids(t): pieces[t] for t in new}
+
+
+def init_new_embeddings(model: PreTrainedModel, tok: PreTrainedTokenizerBase, new: dict[int, list[int]]) -> None:
+    """Make room for the tokens of :func:`extend_tokenizer` and start each new row (input embedding,
+    and the output layer's when it is not tied to it) as the mean of its old pieces' rows, so a
+    tag such as ``<think>`` starts near what the model read for '<', 'think', '>' (a random row
+    would give it an arbitrary meaning and logit)."""
+    if not new:
+        return
+    if len(tok) > model.get_input_embeddings().num_embeddings:  # many models have spare rows already
+        model.resize_token_embeddings(len(tok), mean_resizing=False)
+    layers = [model.get_input_embeddings()]
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not layers[0].weight:
+        layers.append(head)
+    with torch.no_grad():
+        for layer in layers:
+            for token_id, pieces in new.items():
+                layer.weight[token_id] = layer.weight[pieces].mean(0)
+                if getattr(layer, "bias", None) is not None:
+                    layer.bias[token_id] = layer.bias[pieces].mean()
+
+
+def add_special_tokens(model: PreTrainedModel, tok: PreTrainedTokenizerBase, tokens: list[str]) -> list[int]:
+    """Add ``tokens`` as special tokens to ``tok`` and ``model`` (see :func:`extend_tokenizer` and
+    :func:`init_new_embeddings`); returns the id of each of ``tokens``."""
+    init_new_embeddings(model, tok, extend_tokenizer(tok, tokens))
+    return tok.convert_tokens_to_ids(list(tokens))
