@@ -13,10 +13,14 @@ from opo.config import (
     ConfigError,
     DiagnoseConfig,
     EvalConfig,
+    HybridDataConfig,
+    SftConfig,
     describe,
     load_config,
     load_diagnose_config,
     load_eval_config,
+    load_hybrid_data_config,
+    load_sft_config,
 )
 from opo.errors import DiskFull, TrainingAborted
 
@@ -24,8 +28,10 @@ USAGE = """opo: on-policy RL for language models with verifiable rewards (OPO, a
 
 commands:
   opo train [CONFIG.yaml] [key=value ...]   train a policy (no arguments: the embedded default)
+  opo sft   [CONFIG.yaml] [key=value ...]   supervised fine-tuning on chat JSONL (loss on assistant tokens)
   opo eval  [CONFIG.yaml] [key=value ...]   pass@k / maj@k / greedy accuracy on a benchmark
   opo diagnose [CONFIG.yaml] [key=value ...] gradient variance under each reward baseline
+  opo hybrid-data [CONFIG.yaml] [key=value ...] thinking + direct answers kept when correct, for opo sft
   opo report RUN_DIR [RUN_DIR ...]          one HTML file overlaying runs' metrics and configs
 
 Run 'opo train --help' or 'opo eval --help' for every config key."""
@@ -54,6 +60,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p_train.add_argument("settings", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
+    p_sft = sub.add_parser(
+        "sft", help="supervised fine-tuning on chat conversations (loss on assistant tokens)",
+        description="Fine-tune a model on a chat JSONL file, one {\"messages\": [{\"role\": ..., \"content\": ...}, ...]}\n"
+        "per line; the loss covers each assistant message and its end-of-turn token. E.g.\n"
+        "  opo sft data.path=chats.jsonl data.eval_size=200 \"sft.add_tokens=['<think>','</think>']\"\n"
+        "The fine-tuned model is the last checkpoint (its path is printed): use it as model.path.\n"
+        "Shortcuts: data=FILE, epochs=, lr=, resume=, seed=, threads=, precision=, run_dir=.\n\n"
+        "config keys:\n" + describe(SftConfig()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p_sft.add_argument("settings", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
     p_eval = sub.add_parser(
         "eval", help="evaluate a model: pass@k, maj@k, avg@n, greedy accuracy",
         description="Evaluate a model (embedded, a local directory, an opo checkpoint, a hub id) on a task, e.g.\n"
@@ -73,6 +90,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p_diag.add_argument("settings", nargs="*", help="[CONFIG.yaml] [key=value ...]")
+    p_hdata = sub.add_parser(
+        "hybrid-data", help="hybrid thinking, data stage: correct thinking and direct answers as chat rows for opo sft",
+        description="Sample K thinking and K direct completions for each of the first N training problems, keep\n"
+        "correct ones (rejection sampling) and write them as chat JSONL in the hybrid format, e.g.\n"
+        "  opo hybrid-data problems=256 samples=4 task.generator_args='{min_terms: 2, max_terms: 4}'\n"
+        "Shortcuts: task=NAME, seed=, threads=, precision=, run_dir=.\n\n"
+        "config keys:\n" + describe(HybridDataConfig()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p_hdata.add_argument("settings", nargs="*", help="[CONFIG.yaml] [key=value ...]")
     p_report = sub.add_parser("report", help="one self-contained HTML file comparing runs")
     p_report.add_argument("runs", nargs="+", help="run directories (each with metrics.jsonl and config.yaml)")
     p_report.add_argument("-o", "--out", default="report.html", help="output HTML file (default: report.html)")
@@ -121,11 +148,23 @@ def _dispatch(ns: argparse.Namespace) -> int:
         summary = train(cfg)
         if "stopped" in summary:  # stopped cleanly by a signal: the conventional 128 + signal number
             return 128 + signal.Signals[summary["stopped"]].value
+    elif ns.command == "sft":
+        scfg = load_sft_config(config_path, overrides)
+        from opo.commands.sft import sft
+
+        summary = sft(scfg)
+        if "stopped" in summary:
+            return 128 + signal.Signals[summary["stopped"]].value
     elif ns.command == "diagnose":
         dcfg = load_diagnose_config(config_path, overrides)
         from opo.commands.diagnose import run_diagnose
 
         run_diagnose(dcfg)
+    elif ns.command == "hybrid-data":
+        hcfg = load_hybrid_data_config(config_path, overrides)
+        from opo.commands.hybrid_data import run_hybrid_data
+
+        run_hybrid_data(hcfg)
     else:
         ecfg = load_eval_config(config_path, overrides)
         from opo.commands.eval import run_eval

@@ -11,13 +11,15 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 from opo.errors import ConfigError
 from opo.settings import check_types, is_number, apply_settings, describe, get_key, parse_value, set_key
 
-__all__ = ["Config", "ConfigError", "DiagnoseConfig", "EvalConfig", "apply_settings", "describe", "load_config",
-           "load_diagnose_config", "load_eval_config", "parse_value"]
+__all__ = ["Config", "ConfigError", "DiagnoseConfig", "EvalConfig", "HybridDataConfig", "SftConfig", "apply_settings",
+           "describe", "load_config", "load_diagnose_config", "load_eval_config", "load_hybrid_data_config",
+           "load_sft_config", "parse_value"]
 
 Precision = Literal["auto", "bf16", "fp32"]
 
@@ -200,19 +202,14 @@ class Config:
         if self.rollout.truncated_reward not in (None, "grade", "zero") and not _finite(self.rollout.truncated_reward):
             raise ConfigError(f"rollout.truncated_reward must be 'grade', 'zero', a finite number or null, "
                               f"got {self.rollout.truncated_reward!r}")
-        if self.train.overwrite and self.checkpoint.resume:
-            raise ConfigError("train.overwrite=true deletes the run in run.dir and checkpoint.resume=true "
-                              "continues it: choose one")
-        if self.checkpoint.resume and "{time}" in self.run.dir:
-            raise ConfigError("checkpoint.resume=true needs an explicit run.dir (the run to continue)")
+        _check_resume("train.overwrite", self.train.overwrite, self.checkpoint, self.run.dir)
         if self.algo.advantage in ("opo", "opo_batch") and self.algo.aggregation == "seq-mean-token-mean":
             warnings.warn(
                 f"algo.advantage={self.algo.advantage} with algo.aggregation=seq-mean-token-mean: OPO's length-weighted "
                 "baseline minimises the gradient variance when every token weighs the same (token-mean or "
                 "seq-mean-token-sum); averaging each sequence first gives short responses more weight per token, so "
                 "the baseline is no longer the optimal one (arXiv 2505.23585)", stacklevel=2)
-        if len(self.optim.betas) != 2 or not all(is_number(b) and 0 <= b < 1 for b in self.optim.betas):
-            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.optim.betas}")
+        _check_betas("optim.betas", self.optim.betas)
         if self.rollout.prompts_per_step % self.algo.mini_batches:
             raise ConfigError(
                 f"algo.mini_batches ({self.algo.mini_batches}) must divide rollout.prompts_per_step "
@@ -269,6 +266,7 @@ class EvalConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=lambda: TaskConfig(name="gsm8k", eval_size=0))
     repetition: RepetitionConfig = field(default_factory=RepetitionConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
     n: int = doc(1, "sampled completions per problem (0: greedy only)", ge=0)
     k: list = doc([1], "k values of pass@k and maj@k, e.g. k=1,4,8 (each <= n)")
     temperature: float = doc(0.6, "sampling temperature of the n samples")
@@ -278,11 +276,73 @@ class EvalConfig:
 
     def validate(self) -> "EvalConfig":
         validate_common(self)
+        self.hybrid.validate()
         _validate_eval_k("k", self.k, self.n)
         if self.n and not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0 when n > 0, got {self.temperature}")
         if not self.n and not self.greedy:
             raise ConfigError("nothing to evaluate: n=0 and greedy=false")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SftDataConfig:
+    path: Optional[str] = doc(None, "chat JSONL to train on, one {\"messages\": [{\"role\": ..., \"content\": ...}, ...]} per line; roles system, user, assistant, tool (required)")
+    eval_path: Optional[str] = doc(None, "chat JSONL of the held-out loss (null: data.eval_size rows of data.path, drawn with run.seed)")
+    eval_size: int = doc(0, "rows of data.path held out for the held-out loss when data.eval_path is null (0: none)", ge=0)
+    max_length: int = doc(2048, "longest conversation in tokens, chat template included", ge=2)
+    skip_bad_rows: bool = doc(False, "leave out malformed or too-long rows with a warning (counted in data/skipped_rows) instead of stopping")
+
+
+@dataclass
+class SftTrainConfig:
+    epochs: int = doc(3, "passes over the training conversations", ge=1)
+    lr: float = doc(1e-4, "peak AdamW learning rate", gt=0)
+    warmup_ratio: float = doc(0.1, "share of the optimizer steps with a linear learning-rate warm-up; a cosine decay towards 0 follows", ge=0)
+    weight_decay: float = doc(0.0, "AdamW weight decay", ge=0)
+    betas: list = doc([0.9, 0.999], "AdamW betas")
+    eps: float = doc(1e-8, "AdamW epsilon", gt=0)
+    grad_clip: float = doc(1.0, "clip the global gradient norm to this value (0: off)", ge=0)
+    batch_tokens: int = doc(16384, "tokens of one optimizer step: whole conversations, prompts included (a longer conversation is a step of its own)", ge=1)
+    micro_batch_tokens: int = doc(4096, "padded tokens of one forward/backward pass; gradients accumulate across micro-batches", ge=1)
+    sort_window: int = doc(1024, "conversations sorted by length together before they are cut into batches, so a batch pads little (1: no sorting)", ge=1)
+    add_tokens: list = doc([], "texts added to the tokenizer as special tokens, e.g. ['<think>', '</think>']; a new embedding starts as the mean of the pieces its text was split into")
+    eval_every: int = doc(0, "also compute the held-out loss every N steps (0: after each epoch only)", ge=0)
+    eval_before: bool = doc(True, "compute the held-out loss before training")
+    max_bad_steps: int = doc(3, "abort after this many consecutive steps with a NaN/inf gradient (each is skipped)", ge=1)
+    tensorboard: bool = doc(False, "also log metrics to TensorBoard under <run.dir>/tensorboard")
+
+
+@dataclass
+class SftConfig:
+    """Settings of ``opo sft``: supervised fine-tuning on chat conversations, loss on assistant tokens."""
+
+    run: RunSettings = field(default_factory=lambda: RunSettings(dir="runs/sft-{time}"))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: SftDataConfig = field(default_factory=SftDataConfig)
+    sft: SftTrainConfig = field(default_factory=SftTrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    overwrite: bool = doc(False, "delete a previous run found in run.dir instead of refusing to start")
+
+    def validate(self) -> "SftConfig":
+        check_types(self)  # no task section: validate_common does not apply
+        _check_bounds(self)
+        if not self.data.path:
+            raise ConfigError('data.path is required: a chat JSONL file, one {"messages": [...]} per line')
+        for key, path in (("data.path", self.data.path), ("data.eval_path", self.data.eval_path)):
+            if path is not None and not Path(path).is_file():  # now, not after the tokenizer loads
+                raise ConfigError(f"{key} '{path}' does not exist" + (" (it is a directory)" if Path(path).is_dir()
+                                                                      else ""))
+        if self.sft.warmup_ratio > 1:
+            raise ConfigError(f"sft.warmup_ratio must be <= 1 (a share of the steps), got {self.sft.warmup_ratio}")
+        _check_betas("sft.betas", self.sft.betas)
+        tokens = self.sft.add_tokens
+        if not all(isinstance(t, str) and t.strip() for t in tokens) or len(set(tokens)) != len(tokens):
+            raise ConfigError(f"sft.add_tokens must be distinct non-empty texts, got {tokens}")
+        _check_resume("overwrite", self.overwrite, self.checkpoint, self.run.dir)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -331,6 +391,78 @@ def load_eval_config(path: Optional[str] = None, overrides: list[str] = ()) -> E
     """``opo eval`` settings: defaults, YAML file, ``key=value`` overrides; validated."""
     cfg = EvalConfig()
     apply_settings(cfg, path, list(overrides), EVAL_ALIASES, MOVED)
+    return cfg.validate()
+
+
+SFT_ALIASES = {"data": "data.path", "epochs": "sft.epochs", "lr": "sft.lr", "resume": "checkpoint.resume",
+               "seed": "run.seed", "threads": "run.threads", "precision": "run.precision", "run_dir": "run.dir",
+               "out_dir": "run.dir"}
+
+
+def load_sft_config(path: Optional[str] = None, overrides: list[str] = ()) -> SftConfig:
+    """``opo sft`` settings: defaults, YAML file, ``key=value`` overrides; validated."""
+    cfg = SftConfig()
+    apply_settings(cfg, path, list(overrides), SFT_ALIASES, {})
+    return cfg.validate()
+
+
+# suits reasoning_gym chain_sum and any task with one number for an answer (graded by its last number)
+THINK_PROMPT = "{question}\nThink step by step, then write the final answer on the last line as 'Answer: <number>'."
+
+
+@dataclass
+class HybridDataConfig:
+    """Settings of ``opo hybrid-data``: thinking and direct answers to training problems, kept when correct
+    (rejection sampling), as chat rows for ``opo sft`` (Hybrid Fine-Tuning, arXiv 2505.14631)."""
+
+    run: RunSettings = field(default_factory=lambda: RunSettings(dir="runs/hybrid-data-{time}"))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
+    problems: int = doc(64, "training problems answered: the first N of the task's training stream", ge=1)
+    samples: int = doc(4, "completions sampled per problem in each mode (K)", ge=1)
+    think_prompt: str = doc(THINK_PROMPT, "user message of the thinking samples ({question} is replaced); the default suits reasoning_gym chain_sum and other one-number answers")
+    think_extractor: Optional[str] = doc(None, "how the final answer is taken out of the reasoning before the task grades it: first_number | last_number | full; null: last_number for reasoning_gym, the task's own extraction (\\boxed{}, ...) for math tasks")
+    direct_prompt: Optional[str] = doc(None, "user message of the direct samples ({question} is replaced); null: the task's own prompt")
+    think_max_new_tokens: int = doc(160, "length limit of a thinking completion; a cut-off one is never kept", ge=1)
+    direct_max_new_tokens: int = doc(24, "length limit of a direct completion; a cut-off one is never kept", ge=1)
+    temperature: float = doc(0.7, "sampling temperature of both modes", gt=0)
+    per_mode: int = doc(1, "rows kept per problem and mode at most (distinct correct completions)", ge=1)
+    balance: bool = doc(True, "keep as many thinking rows as direct ones (the larger mode keeps its first problems' rows)")
+    batch_size: int = doc(32, "sequences per generation call: the samples of several problems together", ge=1)
+    out: Optional[str] = doc(None, "the chat JSONL written; null: <run.dir>/hybrid.jsonl")
+    overwrite: bool = doc(False, "replace an earlier hybrid-data run's files in run.dir (and out) instead of refusing a non-empty run.dir")
+
+    def validate(self) -> "HybridDataConfig":
+        from opo.rewards.extract import EXTRACTORS
+
+        validate_common(self)
+        self.hybrid.validate()
+        if self.hybrid.enabled:
+            raise ConfigError("hybrid.enabled=true has no meaning in opo hybrid-data: it samples a model without mode "
+                              "tags and uses only the tag texts (hybrid.think_tag, ...) to format the rows")
+        for key in ("think_prompt", "direct_prompt"):
+            if getattr(self, key) is not None and "{question}" not in getattr(self, key):
+                raise ConfigError(f"{key} must contain '{{question}}'")
+        if self.think_extractor is not None:
+            _choice("think_extractor", self.think_extractor, EXTRACTORS.names())
+        if self.per_mode > self.samples:
+            raise ConfigError(f"per_mode ({self.per_mode}) must be <= samples ({self.samples}): rows come from "
+                              "distinct samples")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+HYBRID_DATA_ALIASES = {"task": "task.name", "seed": "run.seed", "threads": "run.threads", "precision": "run.precision",
+                       "run_dir": "run.dir", "out_dir": "run.dir"}
+
+
+def load_hybrid_data_config(path: Optional[str] = None, overrides: list[str] = ()) -> HybridDataConfig:
+    """``opo hybrid-data`` settings: defaults, YAML file, ``key=value`` overrides; validated."""
+    cfg = HybridDataConfig()
+    apply_settings(cfg, path, list(overrides), HYBRID_DATA_ALIASES, MOVED)
     return cfg.validate()
 
 
@@ -396,6 +528,19 @@ def _finite(text: str) -> bool:
         return math.isfinite(float(text))
     except ValueError:
         return False
+
+
+def _check_betas(key: str, betas: list) -> None:
+    if len(betas) != 2 or not all(is_number(b) and 0 <= b < 1 for b in betas):
+        raise ConfigError(f"{key} must be two numbers in [0, 1), got {betas}")
+
+
+def _check_resume(overwrite_key: str, overwrite: bool, ckpt: CheckpointConfig, run_dir: str) -> None:
+    if overwrite and ckpt.resume:
+        raise ConfigError(f"{overwrite_key}=true deletes the run in run.dir and checkpoint.resume=true continues it: "
+                          "choose one")
+    if ckpt.resume and "{time}" in run_dir:
+        raise ConfigError("checkpoint.resume=true needs an explicit run.dir (the run to continue)")
 
 
 def _choice(key: str, value: str, allowed: list[str]) -> None:

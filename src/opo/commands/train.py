@@ -12,6 +12,7 @@ Off-policy mini-batches/epochs, KL and entropy terms exist only for comparison, 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import time
 from dataclasses import dataclass, field
@@ -23,13 +24,15 @@ import yaml
 from tqdm import tqdm
 
 from opo import checkpoint, rundir
-from opo.algos.advantages import ADVANTAGES
+from opo.algos.advantages import ADVANTAGES, extras_for
 from opo.config import Config, ConfigError
 from opo.distributed import Dist, sampling_seed
 from opo.distributed import setup as setup_distributed
 from opo.distributed import teardown as teardown_distributed
 from opo.errors import DiskFull, TrainingAborted
 from opo.evaluate import evaluate
+from opo.hybrid import MODE_NAMES, hybrid_extras, mode_metrics
+from opo.hybrid_eval import evaluate_hybrid
 from opo.metrics import JsonlLogger, repetition_metrics, rollout_metrics
 from opo.rollout.base import RolloutBatch
 from opo.run import Run, output_dir, setup
@@ -132,14 +135,17 @@ def rl_step(run: Run, data_pos: int, step: int, measure_shift: bool = False
     groups = [data_pos + i for i in d.share(cfg.rollout.prompts_per_step)]  # a group is named by its data position
     examples = {g: run.task.train_example(g) for g in groups}
     run.engine.generator.manual_seed(sampling_seed(cfg.run.seed, step, d.rank))
-    batch = run.engine.generate(encode(tok, list(examples.values())), groups, cfg.rollout.samples_per_prompt,
-                                cfg.rollout.max_new_tokens, cfg.rollout.temperature)
+    K = cfg.rollout.samples_per_prompt
+    forced = run.modes.prefixes(len(groups), K) if run.modes else None  # hybrid: half of each group thinks
+    batch = run.engine.generate(encode(tok, list(examples.values())), groups, K, cfg.rollout.max_new_tokens,
+                                cfg.rollout.temperature, forced)
     t_gen = time.time() - t_step
 
     # 2. Verifiable rewards; every process then gets the whole batch (token ids and rewards, a few KB).
     t0 = time.time()
     texts = [decode(tok, r.completion) for r in batch.rollouts]
-    graded = run.task.grade(texts, [examples[r.group] for r in batch.rollouts])
+    graded = run.task.grade([run.answer_text(r.completion) for r in batch.rollouts],
+                            [examples[r.group] for r in batch.rollouts])
     t_reward = time.time() - t0
     scored = d.gather(list(zip(batch.rollouts, texts, graded)))
     batch = RolloutBatch([r for r, _, _ in scored])
@@ -152,8 +158,10 @@ def rl_step(run: Run, data_pos: int, step: int, measure_shift: bool = False
     # 3. Advantages from the registered estimator, 4. one on-policy update.
     t0 = time.time()
     data = StepData.from_rollouts(batch, torch.empty(0), tok.pad_token_id)
-    a = cfg.algo
-    data.advantages = ADVANTAGES.get(a.advantage)(rewards, data.mask, batch.group_ids(), **a.advantage_params)  # (N, T)
+    a, estimator = cfg.algo, ADVANTAGES.get(cfg.algo.advantage)
+    extras = hybrid_extras(run.modes, batch, data.mask) if run.modes else {}
+    data.advantages = estimator(rewards, data.mask, batch.group_ids(), **extras_for(estimator, extras),
+                                **a.advantage_params)  # (N, T)
     update = policy_update(run.policy, run.optimizer, data, a, scoring(cfg, run), cfg.optim.grad_clip, run.ref_model,
                            run.shuffle, measure_shift, d)
     run.engine.sync_weights()
@@ -166,13 +174,22 @@ def rl_step(run: Run, data_pos: int, step: int, measure_shift: bool = False
         **update,
         **repetition_metrics([r.completion for r in batch.rollouts], cfg.repetition.n, cfg.repetition.min_count),
         **_grading_metrics([g.status for g in graded]),
+        **(mode_metrics(rewards, data.mask, batch, extras["modes"], _margin(estimator, a.advantage_params))
+           if run.modes else {}),
         "time/generate": t_gen, "time/reward": t_reward, "time/train": t_train, "time/step": time.time() - t_step,
         "tokens/generated": gen_tokens, "tokens/trained": trained_tokens,
         "tokens/generate_per_s": gen_tokens / t_gen, "tokens/train_per_s": trained_tokens / t_train,
     }
     samples = [{"group": r.group, "completion": text, "answer": g.answer, "reward": score, "status": g.status,
-                "finish": r.finish} for text, r, g, score in zip(texts, batch.rollouts, graded, scores)]
+                "finish": r.finish, **({"mode": MODE_NAMES[run.modes.mode_of(r.completion)]} if run.modes else {})}
+               for text, r, g, score in zip(texts, batch.rollouts, graded, scores)]
     return row, samples
+
+
+def _margin(estimator: Callable, params: dict[str, Any]) -> float:
+    """The estimator's mode margin (its default unless set), 0 for one without one."""
+    default = inspect.signature(estimator).parameters.get("margin")
+    return float(params.get("margin", default.default if default is not None else 0.0))
 
 
 def scoring(cfg: Config, run: Run) -> Scoring:
@@ -188,52 +205,15 @@ def _grading_metrics(statuses: list[str]) -> dict[str, float]:
 
 
 def _claim(run_dir: Path, cfg: Config, d: Dist, held: contextlib.ExitStack, say: Callable) -> Optional[Path]:
-    """Lock ``run_dir`` for the run (rank 0, one lock per job), refuse to mix two runs in it or to
-    resume with other settings, and return the checkpoint to resume from. A refusal stops every
-    process with rank 0's message, not at a later collective."""
-    refusal, resume_from = None, None
-    if d.main:
-        try:
-            rundir.check_writable(run_dir)
-            held.enter_context(rundir.RunDirLock(run_dir))
-            rundir.prepare(run_dir, cfg.checkpoint.resume, cfg.train.overwrite)
-            resume_from = checkpoint.latest(run_dir / "checkpoints") if cfg.checkpoint.resume else None
-            if resume_from is not None:
-                _check_same_settings(resume_from, cfg, say)
-        except ConfigError as e:
-            refusal = str(e)
-    refusal, resume_from = d.broadcast((refusal, resume_from))
-    if refusal:
-        raise ConfigError(refusal)
-    if cfg.checkpoint.resume and resume_from is None:
-        say(f"resume: no complete checkpoint in {run_dir / 'checkpoints'}; starting from step 0")
-    return resume_from
-
-
-def _check_same_settings(ckpt: Path, cfg: Config, say: Callable) -> None:
-    """A resumed run trains on with the settings it started with, unless checkpoint.allow_changes."""
-    saved = ckpt / "config.yaml"
-    try:
-        before = yaml.safe_load(saved.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"resume: cannot read the settings of {ckpt} ({saved}: {e})") from e
-    changes = rundir.config_changes(before, cfg.to_dict())
-    if changes and not cfg.checkpoint.allow_changes:
-        older = "run" not in before  # keys renamed since: the settings cannot be compared one by one
-        raise ConfigError(f"resume: these settings differ from the run's ({saved}): {'; '.join(changes)}. "
-                          + ("The run was written by an earlier version of opo. " if older else "")
-                          + "Resume with the run's settings, or accept the change with checkpoint.allow_changes=true "
-                          "(the weights still come from the checkpoint)")
-    if changes:
-        say(f"resume: continuing with changed settings (checkpoint.allow_changes=true): {'; '.join(changes)}")
+    """The run directory locked for the run and the checkpoint to resume from (see :func:`rundir.claim`)."""
+    c = cfg.checkpoint
+    return rundir.claim(run_dir, rundir.Claim(cfg.to_dict(), c.resume, c.allow_changes, cfg.train.overwrite),
+                        held, say, d)
 
 
 def _restore(run: Run, ckpt: Path, say: Callable) -> Progress:
     """Optimizer, scheduler, RNG and loop position of a checkpoint (its weights are already loaded)."""
-    state = checkpoint.load_state(ckpt)
-    checkpoint.load_optimizer_state(run.model, run.optimizer, state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    checkpoint.set_rng_state(state["rng"])
+    state = checkpoint.restore(ckpt, run.model, run.optimizer, run.scheduler)
     run.shuffle.set_state(state["shuffle"])
     at = Progress(state["step"], state["data_pos"], json.loads(state["summary"]))
     if at.step >= run.cfg.train.steps:
@@ -309,9 +289,14 @@ def _held_out(run: Run, log: Optional[JsonlLogger] = None, step: int = 0) -> dic
     # Evaluation samples from its own seeded stream; training reseeds its sampler every step, so
     # whether and how often evaluation runs never changes the training rollouts.
     run.engine.generator.manual_seed(cfg.run.seed + 10_000 + run.dist.rank)
-    result, _ = evaluate(run.engine, run.tok, run.task, n=cfg.train.eval_n, ks=ks, temperature=cfg.train.eval_temperature,
-                         max_new_tokens=cfg.train.eval_max_new_tokens,
-                         repetition=(cfg.repetition.n, cfg.repetition.min_count), dist=run.dist)
+    if run.modes:  # a hybrid model: HAcc, think rates, accuracy per mode and of its own choice
+        result, _ = evaluate_hybrid(run.engine, run.tok, run.task, run.modes, cfg.hybrid,
+                                    temperature=cfg.train.eval_temperature,
+                                    max_new_tokens=cfg.train.eval_max_new_tokens, dist=run.dist)
+    else:
+        result, _ = evaluate(run.engine, run.tok, run.task, n=cfg.train.eval_n, ks=ks,
+                             temperature=cfg.train.eval_temperature, max_new_tokens=cfg.train.eval_max_new_tokens,
+                             repetition=(cfg.repetition.n, cfg.repetition.min_count), dist=run.dist)
     result["time/eval"] = time.time() - t0
     if log is not None:
         log.log({"step": step, **result})
