@@ -34,7 +34,7 @@ commands:
   opo hybrid-data [CONFIG.yaml] [key=value ...] thinking + direct answers kept when correct, for opo sft
   opo report RUN_DIR [RUN_DIR ...]          one HTML file overlaying runs' metrics and configs
 
-Run 'opo train --help' or 'opo eval --help' for every config key."""
+Run 'opo COMMAND --help' for every config key of a command."""
 
 
 def _split_args(args: list[str]) -> tuple[Optional[str], list[str]]:
@@ -49,61 +49,53 @@ def _who() -> str:
     return f"opo (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "opo"
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="opo", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+# name -> (one-line help, what --help says before the config keys, the config whose keys it lists)
+COMMANDS: dict[str, tuple[str, str, Callable[[], object]]] = {
+    "train": ("train a policy with OPO (or another registered algorithm)",
+              "Train a policy. Settings come from the defaults, then CONFIG.yaml, then key=value overrides (values\n"
+              "are YAML: 1e-5, true, null, {a: 1}; text settings are taken as written).", Config),
+    "sft": ("supervised fine-tuning on chat conversations (loss on assistant tokens)",
+            "Fine-tune a model on a chat JSONL file, one {\"messages\": [{\"role\": ..., \"content\": ...}, ...]}\n"
+            "per line; the loss covers each assistant message and its end-of-turn token. E.g.\n"
+            "  opo sft data.path=chats.jsonl data.eval_size=200 \"sft.add_tokens=['<think>','</think>']\"\n"
+            "The fine-tuned model is the last checkpoint (its path is printed): use it as model.path.\n"
+            "Shortcuts: data=FILE, epochs=, lr=, resume=, seed=, threads=, precision=, run_dir=.", SftConfig),
+    "eval": ("evaluate a model: pass@k, maj@k, avg@n, greedy accuracy (hybrid models: HAcc, think rate)",
+             "Evaluate a model (embedded, a local directory, an opo checkpoint, a hub id) on a task, e.g.\n"
+             "  opo eval task=math500 n=8 k=1,4,8 temperature=0.6 max_new_tokens=1024\n"
+             "Shortcuts: task=NAME, limit=N (first N problems), data_path=FILE, seed=, threads=, precision=, out_dir=.",
+             EvalConfig),
+    "diagnose": ("per-response gradients: variance under each reward baseline, |g|^2 vs length",
+                 "Sample K responses to P prompts, measure each response's gradient of log pi, and report\n"
+                 "the policy-gradient variance under each baseline (none, group mean, GRPO, RLOO, OPO, exact optimal)\n"
+                 "and how well length predicts |g|^2. Shortcuts: prompts=P samples=K max_new_tokens=T task=NAME seed=\n"
+                 "threads= out_dir=.", DiagnoseConfig),
+    "hybrid-data": ("hybrid thinking, data stage: correct thinking and direct answers as chat rows for opo sft",
+                    "Sample K thinking and K direct completions for each of the first N training problems, keep\n"
+                    "correct ones (rejection sampling) and write them as chat JSONL in the hybrid format, e.g.\n"
+                    "  opo hybrid-data problems=256 samples=4 task.generator_args='{min_terms: 2, max_terms: 4}'\n"
+                    "Shortcuts: task=NAME, seed=, threads=, precision=, run_dir=.", HybridDataConfig),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="opo", description=USAGE, formatter_class=raw)
     sub = parser.add_subparsers(dest="command")
-    p_train = sub.add_parser(
-        "train", help="train a policy with OPO (or another registered algorithm)",
-        description="Train a policy. Settings come from the defaults, then CONFIG.yaml, then key=value "
-        "overrides (values are YAML: 1e-5, true, null, {a: 1}; text settings are taken as written).\n\nconfig keys:\n" + describe(Config()),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p_train.add_argument("settings", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
-    p_sft = sub.add_parser(
-        "sft", help="supervised fine-tuning on chat conversations (loss on assistant tokens)",
-        description="Fine-tune a model on a chat JSONL file, one {\"messages\": [{\"role\": ..., \"content\": ...}, ...]}\n"
-        "per line; the loss covers each assistant message and its end-of-turn token. E.g.\n"
-        "  opo sft data.path=chats.jsonl data.eval_size=200 \"sft.add_tokens=['<think>','</think>']\"\n"
-        "The fine-tuned model is the last checkpoint (its path is printed): use it as model.path.\n"
-        "Shortcuts: data=FILE, epochs=, lr=, resume=, seed=, threads=, precision=, run_dir=.\n\n"
-        "config keys:\n" + describe(SftConfig()),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p_sft.add_argument("settings", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
-    p_eval = sub.add_parser(
-        "eval", help="evaluate a model: pass@k, maj@k, avg@n, greedy accuracy",
-        description="Evaluate a model (embedded, a local directory, an opo checkpoint, a hub id) on a task, e.g.\n"
-        "  opo eval task=math500 n=8 k=1,4,8 temperature=0.6 max_new_tokens=1024\n"
-        "Shortcuts: task=NAME, limit=N (first N problems), data_path=FILE, seed=, threads=, precision=, out_dir=.\n\n"
-        "config keys:\n" + describe(EvalConfig()),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p_eval.add_argument("settings", nargs="*", help="[CONFIG.yaml] [key=value ...]")
-    p_diag = sub.add_parser(
-        "diagnose", help="per-response gradients: variance under each reward baseline, |g|^2 vs length",
-        description="Sample K responses to P prompts, measure each response's gradient of log pi, and report\n"
-        "the policy-gradient variance under each baseline (none, group mean, GRPO, RLOO, OPO, exact optimal)\n"
-        "and how well length predicts |g|^2. Shortcuts: prompts=P samples=K max_new_tokens=T task=NAME seed= threads=\n"
-        "out_dir=.\n\n"
-        "config keys:\n" + describe(DiagnoseConfig()),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p_diag.add_argument("settings", nargs="*", help="[CONFIG.yaml] [key=value ...]")
-    p_hdata = sub.add_parser(
-        "hybrid-data", help="hybrid thinking, data stage: correct thinking and direct answers as chat rows for opo sft",
-        description="Sample K thinking and K direct completions for each of the first N training problems, keep\n"
-        "correct ones (rejection sampling) and write them as chat JSONL in the hybrid format, e.g.\n"
-        "  opo hybrid-data problems=256 samples=4 task.generator_args='{min_terms: 2, max_terms: 4}'\n"
-        "Shortcuts: task=NAME, seed=, threads=, precision=, run_dir=.\n\n"
-        "config keys:\n" + describe(HybridDataConfig()),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p_hdata.add_argument("settings", nargs="*", help="[CONFIG.yaml] [key=value ...]")
+    for name, (short, long, config) in COMMANDS.items():
+        p = sub.add_parser(name, help=short, description=f"{long}\n\nconfig keys:\n{describe(config())}",
+                           formatter_class=raw)
+        p.add_argument("settings", nargs="*", help="[CONFIG.yaml] [section.key=value ...]")
     p_report = sub.add_parser("report", help="one self-contained HTML file comparing runs")
     p_report.add_argument("runs", nargs="+", help="run directories (each with metrics.jsonl and config.yaml)")
     p_report.add_argument("-o", "--out", default="report.html", help="output HTML file (default: report.html)")
     p_report.add_argument("--svg-dir", help="also write each chart as its own SVG file into this directory")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser()
     ns = parser.parse_args(argv)
     if ns.command is None:
         parser.print_help()
