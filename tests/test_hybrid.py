@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from opo.commands.eval import format_table
 from opo.commands.train import train
@@ -49,7 +48,7 @@ def test_mode_and_answer_part(hybrid_dir):
     assert m.answer_tokens([m.think, 5, 6, m.think_end, 7, 8]) == [7, 8]
     assert m.answer_tokens([m.think, 5, 6]) == []  # thinking that never ended has no answer
     assert m.answer_tokens([m.no_think, 7, m.no_think_end, 9]) == [7]
-    assert m.answer_tokens([m.no_think, 7, 8]) == [7, 8]
+    assert m.answer_tokens([m.no_think, 7, 8]) == []  # a direct answer that never closed has none either
     assert m.answer_tokens([7, 8]) == [7, 8]
     assert m.prefixes(2, 4) == [[m.think], [m.think], [m.no_think], [m.no_think]] * 2
 

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from opo.commands.hybrid_data import (Candidate, _claim, choose_rows, difficulty, grade_thinking, make_row,
+from opo.hybrid import difficulty
+from opo.commands.hybrid_data import (Candidate, _claim, choose_rows, grade_thinking, make_row,
                                       question_of, summarise)
 from opo.config import ConfigError, HybridConfig, TaskConfig, load_hybrid_data_config
 from opo.rewards.extract import EXTRACTORS
@@ -55,6 +56,9 @@ def test_the_rows_use_the_configured_tag_texts():
     ex = task.train_example(0)
     assert make_row(ex, cand(0, "think", text="a", answer="5"), h)["messages"][-1]["content"] == "<t>\na\n</t>\n\n5"
     assert make_row(ex, cand(0, "no_think", text="5"), h)["messages"][-1]["content"] == "<n>5</n>"
+    # math tasks: the answer after the thinking is boxed, so the task's grader reads 1/2 as 1/2, not 2
+    assert make_row(ex, cand(0, "think", text="a", answer="\\frac{1}{2}"), h, boxed=True)["messages"][-1]["content"] \
+        == "<t>\na\n</t>\n\n\\boxed{\\frac{1}{2}}"
 
 
 def test_difficulty_of_a_math_row_is_its_scalar_metadata():

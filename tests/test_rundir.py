@@ -92,3 +92,14 @@ def test_a_run_started_with_overwrite_resumes_without_allow_changes(tmp_path):
     run(tmp_path, "train.steps=1", "train.overwrite=true")
     run(tmp_path, "train.steps=2", "checkpoint.resume=true")
     assert steps(tmp_path)[-1] == 2
+
+
+def test_a_setting_added_since_the_run_started_is_no_change_at_its_default():
+    # a run saved before the hybrid section existed resumes; turning hybrid thinking on is a change
+    saved = load_config().to_dict()
+    del saved["hybrid"]
+    defaults = load_config().to_dict()
+    assert rundir.config_changes(saved, load_config().to_dict(), defaults=defaults) == []
+    now = load_config(overrides=["hybrid.enabled=true"]).to_dict()
+    assert rundir.config_changes(saved, now, defaults=defaults) == ["hybrid.enabled: False -> True"]
+    assert len(rundir.config_changes(saved, load_config().to_dict())) == 5  # without defaults: each new key but 3 resumable ones

@@ -194,6 +194,13 @@ class Config:
         if declared_extras(ADVANTAGES.get(self.algo.advantage)) and not self.hybrid.enabled:
             raise ConfigError(f"algo.advantage={self.algo.advantage} trains the choice between thinking and not: "
                               "set hybrid.enabled=true (and start from a model that has the mode tags, docs/hybrid.md)")
+        if self.hybrid.enabled and self.train.eval_max_new_tokens < self.rollout.max_new_tokens:
+            raise ConfigError(f"hybrid.enabled=true evaluates thinking responses: train.eval_max_new_tokens "
+                              f"({self.train.eval_max_new_tokens}) must be at least rollout.max_new_tokens "
+                              f"({self.rollout.max_new_tokens}), or cut-off thinking scores 0 and HAcc means nothing")
+        if self.hybrid.enabled and not self.train.eval_temperature > 0:
+            raise ConfigError(f"hybrid.enabled=true samples each mode in held-out evaluation: train.eval_temperature "
+                              f"must be > 0, got {self.train.eval_temperature}")
         if self.hybrid.enabled and self.rollout.samples_per_prompt % 2:
             raise ConfigError(f"hybrid.enabled=true samples half of each group in each mode: rollout.samples_per_prompt "
                               f"must be even, got {self.rollout.samples_per_prompt}")
@@ -277,6 +284,8 @@ class EvalConfig:
     def validate(self) -> "EvalConfig":
         validate_common(self)
         self.hybrid.validate()
+        if self.hybrid.enabled and not self.temperature > 0:
+            raise ConfigError(f"hybrid.enabled=true samples each mode: temperature must be > 0, got {self.temperature}")
         _validate_eval_k("k", self.k, self.n)
         if self.n and not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0 when n > 0, got {self.temperature}")

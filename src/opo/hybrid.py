@@ -17,6 +17,7 @@ import torch
 from opo.algos.advantages import hgpo_rewards
 from opo.config import HybridConfig
 from opo.rollout.base import RolloutBatch
+from opo.tasks.base import Example
 from opo.tasks.chat import decode
 
 THINK, NO_THINK = 1, 0  # the values of ``modes`` (N,)
@@ -46,14 +47,15 @@ class ModeTokens:
     def of(cls, tokenizer: Any, h: HybridConfig) -> "ModeTokens":
         """The tags' ids; each must be a single token of ``tokenizer`` (a ValueError says which is not)."""
         ids = []
+        vocab = tokenizer.get_vocab()
         for key in ("think_tag", "think_end", "no_think_tag", "no_think_end"):
             tag = getattr(h, key)
-            pieces = tokenizer.encode(tag, add_special_tokens=False)
-            if len(pieces) != 1:
-                raise ValueError(f"hybrid.{key}='{tag}' is {len(pieces)} tokens in this model's tokenizer, not one: "
+            if tag not in vocab:  # looked up as a token, not encoded: some tokenizers prepend a space piece
+                pieces = len(tokenizer.encode(tag, add_special_tokens=False))
+                raise ValueError(f"hybrid.{key}='{tag}' is {pieces} tokens in this model's tokenizer, not one: "
                                  "start from a model trained with the tags added as tokens (opo sft with "
                                  "sft.add_tokens, docs/hybrid.md)")
-            ids.append(pieces[0])
+            ids.append(vocab[tag])
         return cls(*ids)
 
     def prefixes(self, prompts: int, samples: int) -> list[list[int]]:
@@ -70,20 +72,24 @@ class ModeTokens:
         return None
 
     def answer_tokens(self, completion: list[int]) -> list[int]:
-        """The part of a completion that holds its answer: after the think end tag when thinking
-        (nothing if the thinking never ended), inside the no-think tags when not, else all of it."""
+        """The part of a completion that holds its answer: after the think end tag when thinking,
+        inside the no-think tags when not (nothing when the end tag is missing: the format is part
+        of the answer), else all of it."""
         mode = self.mode_of(completion)
         if mode == THINK:
             return completion[completion.index(self.think_end) + 1:] if self.think_end in completion else []
         if mode == NO_THINK:
-            body = completion[1:]
-            return body[:body.index(self.no_think_end)] if self.no_think_end in body else body
+            return completion[1:completion.index(self.no_think_end)] if self.no_think_end in completion else []
         return completion
 
     def answer_text(self, tokenizer: Any, completion: list[int]) -> str:
         """What the task grades: the decoded answer part of ``completion``."""
         return decode(tokenizer, self.answer_tokens(completion))
 
+
+def shown_text(tokenizer: Any, completion: list[int]) -> str:
+    """A hybrid response as logged: the tags kept, so a reader sees where the thinking ends."""
+    return tokenizer.decode(completion, skip_special_tokens=False)
 
 
 def hybrid_extras(modes: ModeTokens, batch: RolloutBatch, mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -110,3 +116,19 @@ def mode_metrics(rewards: torch.Tensor, mask: torch.Tensor, batch: RolloutBatch,
             "mode/reward_think": float(rewards[think].mean()), "mode/reward_no_think": float(rewards[~think].mean()),
             "mode/length_think": float(lengths[think].mean()), "mode/length_no_think": float(lengths[~think].mean()),
             "mode/p_think": float(tag_p[think].mean()), "mode/p_no_think": float(tag_p[~think].mean())}
+
+
+def difficulty(example: Example) -> dict[str, Any]:
+    """What makes a problem hard, for the row's metadata and the summary's breakdown: a reasoning-gym
+    item's difficulty keys with this item's values (chain_sum: num_terms, num_digits); else the
+    example's scalar metadata (math500: subject, level)."""
+    entry = example.metadata.get("entry")
+    if isinstance(entry, dict) and isinstance(entry.get("metadata"), dict):
+        meta = entry["metadata"]
+        keys = meta["difficulty"] if isinstance(meta.get("difficulty"), dict) else meta
+        return {k: meta[k] for k in keys if k in meta and _scalar(meta[k]) and not k.startswith("source_")}
+    return {k: v for k, v in example.metadata.items() if _scalar(v)}
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float))

@@ -18,10 +18,10 @@ from tqdm import tqdm
 
 from opo.config import HybridConfig
 from opo.distributed import Dist
-from opo.hybrid import MODE_NAMES, NO_THINK, THINK, ModeTokens
+from opo.hybrid import MODE_NAMES, NO_THINK, THINK, ModeTokens, difficulty, shown_text
 from opo.rollout.base import Engine
 from opo.tasks.base import Example, Task
-from opo.tasks.chat import decode, encode
+from opo.tasks.chat import encode
 
 
 @dataclass
@@ -29,7 +29,7 @@ class HybridSample:
     problem: int
     kind: str  # "think" | "no_think" (mode forced, sampled) | "free" (the model's choice, greedy)
     mode: Optional[str]  # the mode the response is in: "think", "no_think", or None (no tag)
-    completion: str  # the whole response
+    completion: str  # the whole response, tags shown
     answer: Optional[str]
     reference: str
     reward: float
@@ -80,7 +80,7 @@ def _graded(tokenizer: Any, task: Task, modes: ModeTokens, examples: list[Exampl
     out = []
     for r, kind, g in zip(rollouts, kinds, graded):
         mode = modes.mode_of(r.completion)
-        out.append(HybridSample(r.group, kind, None if mode is None else MODE_NAMES[mode], decode(tokenizer, r.completion),
+        out.append(HybridSample(r.group, kind, None if mode is None else MODE_NAMES[mode], shown_text(tokenizer, r.completion),
                                 g.answer, examples[r.group].reference, g.reward, g.correct, g.status, r.finish,
                                 len(r.completion)))
     return out
@@ -106,7 +106,7 @@ def hybrid_metrics(samples: list[HybridSample], examples: list[Example], h: Hybr
     if h.group_by:
         groups: dict[str, dict[int, list[HybridSample]]] = defaultdict(dict)
         for p, ss in by_problem.items():
-            groups[str(group_value(examples[p], h.group_by))][p] = ss
+            groups[str(difficulty(examples[p]).get(h.group_by))][p] = ss
         for value, members in sorted(groups.items()):
             out.update(_summary(members, h.eval_margin, f"by_{h.group_by}/{value}/"))
     return out
@@ -131,10 +131,3 @@ def _summary(by_problem: dict[int, list[HybridSample]], margin: float, prefix: s
         out[f"hybrid/{prefix}{kind}_accuracy"] = mean(s.correct for s in forced)
         out[f"hybrid/{prefix}{kind}_length"] = mean(s.length for s in forced)
     return out
-
-
-def group_value(example: Example, key: str) -> Any:
-    """``key`` of an example's metadata, or of its reasoning-gym item's metadata (num_terms, ...)."""
-    if key in example.metadata:
-        return example.metadata[key]
-    return example.metadata.get("entry", {}).get("metadata", {}).get(key)

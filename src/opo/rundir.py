@@ -15,7 +15,7 @@ import shutil
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Optional
 
@@ -87,12 +87,17 @@ RESUMABLE = ("train.fsdp", "train.steps", "train.eval_every", "train.eval_before
              "train.eval_temperature", "train.shift_every", "train.tensorboard", "train.max_bad_steps",
              "train.overwrite", "run.threads", "run.progress", "run.dir", "checkpoint.every", "checkpoint.keep",
              "checkpoint.resume", "checkpoint.allow_changes", "task.grader_workers", "task.grader_timeout",
-             "task.reward_timeout", "repetition.n", "repetition.min_count")
+             "task.reward_timeout", "repetition.n", "repetition.min_count", "hybrid.eval_samples", "hybrid.eval_margin",
+             "hybrid.group_by")
 
 
-def config_changes(before: dict[str, Any], now: dict[str, Any], resumable: tuple[str, ...] = RESUMABLE) -> list[str]:
-    """``key: before -> now`` for every setting outside ``resumable`` that differs."""
+def config_changes(before: dict[str, Any], now: dict[str, Any], resumable: tuple[str, ...] = RESUMABLE,
+                   defaults: Optional[dict[str, Any]] = None) -> list[str]:
+    """``key: before -> now`` for every setting outside ``resumable`` that differs. A setting that
+    ``before`` lacks (added by a later version) and ``now`` keeps at its value in ``defaults`` is unchanged."""
     old, new = _flat(before), _flat(now)
+    for k, value in _flat(defaults or {}).items():
+        old.setdefault(k, value)
     return [f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}" for k in sorted(old.keys() | new.keys())
             if k not in resumable and old.get(k, "(absent)") != new.get(k, "(absent)")]
 
@@ -119,6 +124,7 @@ class Claim:
     overwrite: bool
     overwrite_key: str = "train.overwrite"
     resumable: tuple[str, ...] = RESUMABLE
+    defaults: dict[str, Any] = field(default_factory=dict)  # the command's defaults: keys older runs lack
 
 
 def claim(run_dir: Path, c: Claim, held: contextlib.ExitStack, say: Callable[[str], None],
@@ -152,7 +158,7 @@ def check_same_settings(ckpt: Path, c: Claim, say: Callable[[str], None]) -> Non
         before = yaml.safe_load(saved.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"resume: cannot read the settings of {ckpt} ({saved}: {e})") from e
-    changes = config_changes(before, c.settings, c.resumable)
+    changes = config_changes(before, c.settings, c.resumable, c.defaults)
     if changes and not c.allow_changes:
         older = "run" not in before  # keys renamed since: the settings cannot be compared one by one
         raise ConfigError(f"resume: these settings differ from the run's ({saved}): {'; '.join(changes)}. "

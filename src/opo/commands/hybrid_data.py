@@ -12,6 +12,7 @@ summary.json are written at the end, and after Ctrl-C from the problems finished
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from opo import checkpoint, rundir
 from opo.config import HybridConfig, HybridDataConfig, TaskConfig
 from opo.errors import ConfigError
-from opo.hybrid import MODE_NAMES, NO_THINK, THINK, direct_response, thinking_response
+from opo.hybrid import MODE_NAMES, NO_THINK, THINK, difficulty, direct_response, thinking_response
 from opo.rewards.extract import EXTRACTORS
 from opo.run import Run, output_dir, setup
 from opo.tasks import Example, Graded, Task, decode, encode
@@ -82,31 +83,17 @@ def choose_rows(candidates: list[Candidate], per_mode: int, balance: bool) -> li
     return out
 
 
-def make_row(example: Example, c: Candidate, h: HybridConfig) -> dict[str, Any]:
+def make_row(example: Example, c: Candidate, h: HybridConfig, boxed: bool = False) -> dict[str, Any]:
     """One chat row: the task's own messages (system prompt first, if the task sets one), then the
-    sample in its mode's format; thinking keeps its whole reasoning and repeats the answer after it."""
+    sample in its mode's format; thinking keeps its whole reasoning and repeats the answer after it,
+    as ``\\boxed{answer}`` with ``boxed`` (math tasks, whose graders read a bare ``1/2`` or ``(3, 5)`` wrongly)."""
     if c.mode == MODE_NAMES[THINK]:
-        response = thinking_response(h, c.text, c.answer or "")
+        answer = c.answer or ""
+        response = thinking_response(h, c.text, f"\\boxed{{{answer}}}" if boxed else answer)
     else:
         response = direct_response(h, c.text)
     return {"messages": [*example.messages, {"role": "assistant", "content": response}], "mode": c.mode,
             "metadata": difficulty(example)}
-
-
-def difficulty(example: Example) -> dict[str, Any]:
-    """What makes a problem hard, for the row's metadata and the summary's breakdown: a reasoning-gym
-    item's difficulty keys with this item's values (chain_sum: num_terms, num_digits); else the
-    example's scalar metadata (math500: subject, level)."""
-    entry = example.metadata.get("entry")
-    if isinstance(entry, dict) and isinstance(entry.get("metadata"), dict):
-        meta = entry["metadata"]
-        keys = meta["difficulty"] if isinstance(meta.get("difficulty"), dict) else meta
-        return {k: meta[k] for k in keys if k in meta and _scalar(meta[k]) and not k.startswith("source_")}
-    return {k: v for k, v in example.metadata.items() if _scalar(v)}
-
-
-def _scalar(value: Any) -> bool:
-    return isinstance(value, (str, int, float))
 
 
 def question_of(example: Example, t: TaskConfig) -> str:
@@ -204,9 +191,10 @@ def run_hybrid_data(cfg: HybridDataConfig) -> dict[str, Any]:
                     log.flush()
 
                 sample_all(run, cfg, examples, keep)
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C or a failure: the finished problems' rows are kept, then it propagates
             if done:
-                _finish(cfg, examples, done, out_dir, out, started, interrupted=True)
+                with contextlib.suppress(Exception):  # a second failure (a full disk) must not hide the first
+                    _finish(cfg, examples, done, out_dir, out, started, interrupted=True)
             raise
         finally:
             run.close()
@@ -231,7 +219,8 @@ def _claim(out_dir: Path, out: Path, overwrite: bool) -> None:
 def _finish(cfg: HybridDataConfig, examples: list[Example], samples: list[Candidate], out_dir: Path, out: Path,
             started: float, interrupted: bool = False) -> dict[str, Any]:
     rows = choose_rows(samples, cfg.per_mode, cfg.balance)
-    _write_atomic(out, [json.dumps(make_row(examples[c.problem], c, cfg.hybrid)) + "\n" for c in rows])
+    boxed = cfg.task.name != "reasoning_gym"  # the math tasks' graders read \boxed{} first
+    _write_atomic(out, [json.dumps(make_row(examples[c.problem], c, cfg.hybrid, boxed)) + "\n" for c in rows])
     metrics = summarise(samples, rows, examples)
     metrics["time/wall_s"] = time.time() - started
     summary = {"config": cfg.to_dict(), "out": str(out), "metrics": metrics,

@@ -75,7 +75,7 @@ def sft(cfg: SftConfig) -> dict[str, Any]:
     with contextlib.ExitStack() as held:  # the run directory's lock, released on any exit
         c = cfg.checkpoint
         resume_from = rundir.claim(run_dir, rundir.Claim(cfg.to_dict(), c.resume, c.allow_changes, cfg.overwrite,
-                                                         "overwrite", RESUMABLE), held, print)
+                                                         "overwrite", RESUMABLE, SftConfig().to_dict()), held, print)
         r = setup(cfg, str(resume_from) if resume_from else None)
         print(f"{_describe(r.compute)}; {len(r.data.train)} conversations, {len(r.steps)} steps "
               f"({cfg.sft.epochs} epochs), {len(r.data.eval)} held out")

@@ -31,7 +31,7 @@ from opo.distributed import setup as setup_distributed
 from opo.distributed import teardown as teardown_distributed
 from opo.errors import DiskFull, TrainingAborted
 from opo.evaluate import evaluate
-from opo.hybrid import MODE_NAMES, hybrid_extras, mode_metrics
+from opo.hybrid import MODE_NAMES, hybrid_extras, mode_metrics, shown_text
 from opo.hybrid_eval import evaluate_hybrid
 from opo.metrics import JsonlLogger, repetition_metrics, rollout_metrics
 from opo.rollout.base import RolloutBatch
@@ -143,7 +143,7 @@ def rl_step(run: Run, data_pos: int, step: int, measure_shift: bool = False
 
     # 2. Verifiable rewards; every process then gets the whole batch (token ids and rewards, a few KB).
     t0 = time.time()
-    texts = [decode(tok, r.completion) for r in batch.rollouts]
+    texts = [shown_text(tok, r.completion) if run.modes else decode(tok, r.completion) for r in batch.rollouts]
     graded = run.task.grade([run.answer_text(r.completion) for r in batch.rollouts],
                             [examples[r.group] for r in batch.rollouts])
     t_reward = time.time() - t0
@@ -207,8 +207,8 @@ def _grading_metrics(statuses: list[str]) -> dict[str, float]:
 def _claim(run_dir: Path, cfg: Config, d: Dist, held: contextlib.ExitStack, say: Callable) -> Optional[Path]:
     """The run directory locked for the run and the checkpoint to resume from (see :func:`rundir.claim`)."""
     c = cfg.checkpoint
-    return rundir.claim(run_dir, rundir.Claim(cfg.to_dict(), c.resume, c.allow_changes, cfg.train.overwrite),
-                        held, say, d)
+    return rundir.claim(run_dir, rundir.Claim(cfg.to_dict(), c.resume, c.allow_changes, cfg.train.overwrite,
+                                              defaults=Config().to_dict()), held, say, d)
 
 
 def _restore(run: Run, ckpt: Path, say: Callable) -> Progress:

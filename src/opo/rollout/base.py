@@ -16,7 +16,7 @@ class Rollout:
     ``finish`` is ``"stop"`` (an end token was sampled, and is part of ``completion``) or
     ``"length"`` (``max_new_tokens`` reached). ``group`` names the prompt; ``meta`` holds what
     methods need besides: ``forced``, the number of leading tokens that were forced, not drawn
-    (HGPO's mode tag), and ``mode`` where hybrid thinking sets one.
+    (HGPO's mode tag).
     """
 
     prompt: list[int]
