@@ -296,3 +296,19 @@ def test_cli_sigterm_exits_143_and_the_resumed_run_finishes_with_the_added_token
     assert steps == list(range(1, 121))  # no held-out set: no step-0 row
     _, tok = load_model(model_dir)
     assert [len(tok.encode(t, add_special_tokens=False)) for t in TAGS[:2]] == [1, 1]
+
+
+def test_a_template_that_puts_tokens_before_a_leading_special_token_is_refused(tiny):
+    # Qwen3-style templates prepend an empty <think></think> block to the last assistant turn: a
+    # '<no_think>' row would then be trained to open with other tokens, not its mode tag
+    from opo.sft_data import TemplateError, assistant_mask
+    _, tok = tiny
+    tok = copy.deepcopy(tok)
+    tok.add_special_tokens({"additional_special_tokens": ["<no_think>"]})
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<no_think>5"}]
+    ids, trained = assistant_mask(tok, messages)
+    assert tok.decode([t for t, k in zip(ids, trained) if k]).startswith("<no_think>")
+    tok.chat_template = tok.chat_template.replace("'<|im_start|>' + message['role'] + '\n' + message['content']",
+                                                  "'<|im_start|>' + message['role'] + '\n' + ('<think></think>' if message['role'] == 'assistant' else '') + message['content']")
+    with pytest.raises(TemplateError, match="before the special token"):
+        assistant_mask(tok, messages)

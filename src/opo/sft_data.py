@@ -91,6 +91,11 @@ def assistant_mask(tok: Any, messages: list[dict[str, str]]) -> tuple[list[int],
                 "before it, or rewrites it once later turns follow (e.g. it drops earlier reasoning), so its tokens "
                 "cannot be located; use a model whose template renders each turn once, or one turn per row")
         span = through[len(before):]
+        first = tok.encode(m["content"], add_special_tokens=False)[:1]
+        if first and first[0] in tok.all_special_ids and span[:1] != first:  # e.g. a mode tag must come first
+            raise TemplateError(f"the chat template puts other tokens before the special token that opens messages[{i}] "
+                                f"(assistant), e.g. an empty reasoning block: '{tok.decode(span[:8])}...'; the response "
+                                "would not start with its own first token")
         ends = [j for j, t in enumerate(span) if t == tok.eos_token_id]
         end = len(before) + (ends[-1] + 1 if ends else len(span))
         if end == len(before):
