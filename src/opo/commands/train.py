@@ -324,6 +324,8 @@ def _console_line(row: dict[str, Any]) -> str:
     return (f"step {row['step']:>4}  reward {row['reward/mean']:.3f}  acc {row['reward/accuracy']:.3f}  "
             f"entropy {row['entropy']:.3f}  len {row['length/mean']:.1f}  gnorm {row['grad_norm']:.3f}  "
             f"gen {row['time/generate']:.1f}s  train {row['time/train']:.1f}s"
+            + (f"  think_wins {row['mode/think_wins']:.2f}  p_think {row['mode/p_think']:.3f}" if "mode/p_think" in row
+               else "")
             + (f"  eval_acc {row['eval/accuracy']:.3f}" if "eval/accuracy" in row else ""))
 
 
