@@ -78,6 +78,13 @@ class Run:
         self.task.close()
 
 
+def seed_all(settings: RunSettings) -> None:
+    """Seed torch and Python from ``run.seed`` and apply ``run.deterministic``."""
+    torch.manual_seed(settings.seed)
+    random.seed(settings.seed)
+    torch.use_deterministic_algorithms(settings.deterministic)
+
+
 def setup(cfg: Any, *, max_new_tokens: int, d: Dist = Dist(), weights: Optional[str] = None) -> Run:
     """Build a :class:`Run` from a validated config; ``weights``: a checkpoint to load instead of
     ``model.path``; ``max_new_tokens``: the longest completion, for the prompt-length check.
@@ -85,10 +92,7 @@ def setup(cfg: Any, *, max_new_tokens: int, d: Dist = Dist(), weights: Optional[
     hf_logging.disable_progress_bar()  # opo's own bars say what is going on; these would litter logs
     rollout = getattr(cfg, "rollout", None)
     compute = choose_compute(cfg.run, rollout.precision if rollout else "auto", d)
-    seed = cfg.run.seed
-    torch.manual_seed(seed)
-    random.seed(seed)
-    torch.use_deterministic_algorithms(cfg.run.deterministic)
+    seed_all(cfg.run)
     # train and diagnose draw training prompts (a config with a rollout section); eval only held-out ones
     task = build_task(cfg.task, for_training=rollout is not None)
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from opo.errors import TrainingAborted
 from opo.logprobs import head_logprobs, length_buckets
 from opo.metrics import JsonlLogger
 from opo.models import extend_tokenizer, init_new_embeddings, load_model, load_tokenizer
-from opo.run import Compute, build_optimizer, choose_compute, output_dir
+from opo.run import Compute, build_optimizer, choose_compute, output_dir, seed_all
 from opo.runtime import StopOnSignal
 from opo.sft_data import Conversation, SftData, collate, load_data, plan_epoch
 from opo.update import autocast_context, grad_norm
@@ -108,9 +107,7 @@ def setup(cfg: SftConfig, weights: str | None = None) -> SftRun:
                           f"start a new run from the checkpoint instead (model.path={weights})")
     data = load_data(cfg.data, tok, seed)  # a bad row fails here, before the weights load
     compute = choose_compute(cfg.run)
-    torch.manual_seed(seed)
-    random.seed(seed)
-    torch.use_deterministic_algorithms(cfg.run.deterministic)
+    seed_all(cfg.run)
     model, _ = load_model(weights or m.path, m.trust_remote_code, seed, m.attention, tokenizer=tok)
     init_new_embeddings(model, tok, new)
     _check_context(model, data, cfg.data.max_length)
