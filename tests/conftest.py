@@ -1,4 +1,7 @@
 import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,3 +27,24 @@ def default_sigint():
     background inherits SIGINT ignored (shells start background jobs so), and Python keeps an
     ignored SIGINT ignored: this gives the child the terminal's default back."""
     return lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _sigterm_after_rows(args: list[str], metrics: Path, limit: int) -> int:
+    """Start ``args`` (an opo command), send SIGTERM once it has logged two rows, check the clean
+    stop (exit 143, no traceback) and return the step it stopped after (< ``limit``)."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    stopped = int(out.split("SIGTERM: stopped after step ")[1].split()[0])
+    assert "Traceback" not in err and 2 <= stopped < limit
+    return stopped
+
+
+@pytest.fixture
+def sigterm_after_rows():
+    """:func:`_sigterm_after_rows`: stop an opo command with SIGTERM mid-run."""
+    return _sigterm_after_rows

@@ -50,19 +50,11 @@ def test_nan_loss_skips_steps_then_aborts_leaving_the_checkpoint_intact(tmp_path
 
 
 @pytest.mark.e2e
-def test_sigterm_finishes_the_step_checkpoints_and_the_run_resumes(tmp_path):
+def test_sigterm_finishes_the_step_checkpoints_and_the_run_resumes(tmp_path, sigterm_after_rows):
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "opo", "train", *TINY, "train.steps=400", f"run_dir={run}"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    stopped = int(out.split("SIGTERM: stopped after step ")[1].split()[0])
-    assert "Traceback" not in err and 2 <= stopped < 400
+    stopped = sigterm_after_rows([sys.executable, "-m", "opo", "train", *TINY, "train.steps=400", f"run_dir={run}"],
+                                 metrics, 400)
     assert (run / "checkpoints" / f"step_{stopped:07d}").is_dir()
     resumed = subprocess.run([sys.executable, "-m", "opo", "train", *TINY, f"train.steps={stopped + 2}",
                               f"run_dir={run}", "checkpoint.resume=true"], capture_output=True, text=True, timeout=300)

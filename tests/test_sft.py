@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -273,21 +272,13 @@ def test_a_bad_row_exits_2_naming_file_and_line_before_the_model_loads(tmp_path,
 
 
 @pytest.mark.e2e
-def test_cli_sigterm_exits_143_and_the_resumed_run_finishes_with_the_added_tokens(tmp_path):
+def test_cli_sigterm_exits_143_and_the_resumed_run_finishes_with_the_added_tokens(tmp_path, sigterm_after_rows):
     data = write(tmp_path / "d.jsonl", arithmetic_rows(4))
     run = tmp_path / "run"
     args = [sys.executable, "-m", "opo", "sft", *TINY, f"data={data}", "sft.epochs=30", "sft.batch_tokens=1",
             "sft.add_tokens=<think>,</think>", f"run_dir={run}"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    stopped = int(out.split("SIGTERM: stopped after step ")[1].split()[0])
-    assert "Traceback" not in err and 2 <= stopped < 120
+    sigterm_after_rows(args, metrics, 120)
     done = subprocess.run([*args, "resume=true"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     model_dir = done.stdout.split("model: ")[1].split()[0]
