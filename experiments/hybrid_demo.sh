@@ -28,4 +28,17 @@ last_checkpoint() { ls -d "$1"/checkpoints/step_* | tail -1; }
   hybrid.enabled=true algo.advantage=hgpo hybrid.group_by=num_terms rollout.samples_per_prompt=4 \
   rollout.max_new_tokens=128 train.eval_max_new_tokens=128 train.eval_temperature=0.7 optim.lr=2e-5 \
   train.steps=30 checkpoint.every=10 run.progress=false run.dir=$OUT/hgpo > $OUT/hgpo.log 2>&1
-echo "done: $OUT/{data,hft,hgpo}/summary.json"
+# (the run of docs/hybrid.md was stopped with SIGTERM after step 23: p_think had been 0.000 since step 8)
+
+# 4. the HGPO model evaluated as in training (same sampler seed as train's held-out evaluation)
+EVAL=(task=reasoning_gym hybrid.enabled=true hybrid.group_by=num_terms max_new_tokens=128 temperature=0.7
+      run.seed=10000 run.progress=false)
+[ -f $OUT/hgpo_eval/summary.json ] || .venv/bin/opo eval model.path="$(last_checkpoint $OUT/hgpo)" "${TASK[@]}" \
+  "${EVAL[@]}" run.dir=$OUT/hgpo_eval > $OUT/hgpo_eval.log 2>&1
+
+# 5. a longer HFT (10 epochs instead of the paper's 3), evaluated the same way
+[ -f $OUT/hft10/summary.json ] || .venv/bin/opo sft data=$OUT/data/hybrid.jsonl "$TAGS" data.eval_size=16 \
+  sft.epochs=10 sft.batch_tokens=2048 sft.micro_batch_tokens=2048 run.progress=false run.dir=$OUT/hft10 > $OUT/hft10.log 2>&1
+[ -f $OUT/hft10_eval/summary.json ] || .venv/bin/opo eval model.path="$(last_checkpoint $OUT/hft10)" "${TASK[@]}" \
+  "${EVAL[@]}" run.dir=$OUT/hft10_eval > $OUT/hft10_eval.log 2>&1
+echo "done: $OUT/{data,hft,hgpo,hgpo_eval,hft10,hft10_eval}/summary.json"
