@@ -97,8 +97,8 @@ def test_hacc_think_rate_and_groups_hand_computed():
     assert m["hybrid/think_accuracy"] == pytest.approx(2 / 3) and m["hybrid/no_think_length"] == 4
     assert m["hybrid/by_level/hard/hacc"] == 1.0 and m["hybrid/by_level/easy/hacc"] == 0.0
     assert m["hybrid/by_level/easy/think_rate"] == 0.5 and m["eval/by_level/easy/n"] == 2
-    table = format_table({**m, "time/eval_s": 1.0}, EvalConfig())
-    assert "hacc" in table and "level/easy" in table
+    table = format_table({**m, "time/eval_s": 1.0}, EvalConfig(hybrid=HybridConfig(enabled=True)))
+    assert "hacc" in table and "level/easy" in table and "2 per mode" in table
 
 
 def test_hgpo_needs_hybrid_and_even_groups():

@@ -78,7 +78,9 @@ def _finish(cfg: EvalConfig, run: Run, out_dir: Path, metrics: dict[str, float],
 def format_table(metrics: dict[str, float], cfg: EvalConfig) -> str:
     """The headline metrics, then one row per subject/level where the data has them."""
     head = f"{cfg.task.name} | model {cfg.model.path} | {int(metrics['eval/n'])} problems"
-    if cfg.n:
+    if cfg.hybrid.enabled:  # n, k and greedy do not apply: each mode is sampled, then one free greedy answer
+        head += f" | hybrid: {cfg.hybrid.eval_samples} per mode, temperature {cfg.temperature}, then greedy"
+    elif cfg.n:
         head += f" | n={cfg.n}, temperature {cfg.temperature}"
     head += f" | max_new_tokens {cfg.max_new_tokens}"
     lines = [head, "-" * len(head)]
