@@ -14,12 +14,14 @@ from opo.config import (
     DiagnoseConfig,
     EvalConfig,
     HybridDataConfig,
+    PairsConfig,
     SftConfig,
     describe,
     load_config,
     load_diagnose_config,
     load_eval_config,
     load_hybrid_data_config,
+    load_pairs_config,
     load_sft_config,
 )
 from opo.errors import DiskFull, TrainingAborted
@@ -32,6 +34,7 @@ commands:
   opo eval  [CONFIG.yaml] [key=value ...]   pass@k / maj@k / greedy accuracy on a benchmark
   opo diagnose [CONFIG.yaml] [key=value ...] gradient variance under each reward baseline
   opo hybrid-data [CONFIG.yaml] [key=value ...] thinking + direct answers kept when correct, for opo sft
+  opo pairs [key=value ...]                 preference pairs (correct vs incorrect answers) to train a judge
   opo report RUN_DIR [RUN_DIR ...]          one HTML file overlaying runs' metrics and configs
 
 Run 'opo COMMAND --help' for every config key of a command."""
@@ -75,6 +78,10 @@ COMMANDS: dict[str, tuple[str, str, Callable[[], object]]] = {
                     "correct ones (rejection sampling) and write them as chat JSONL in the hybrid format, e.g.\n"
                     "  opo hybrid-data problems=256 samples=4 task.generator_args='{min_terms: 2, max_terms: 4}'\n"
                     "Shortcuts: task=NAME, seed=, threads=, precision=, run_dir=.", HybridDataConfig),
+    "pairs": ("judges, data stage: preference pairs (a correct and an incorrect answer) from opo eval samples",
+              "Pair each problem's correct and incorrect responses from an 'opo eval n=8' run into\n"
+              "{query, chosen, rejected} rows for 'opo train task=preference' (training a judge), e.g.\n"
+              "  opo pairs samples=runs/eval-x/samples.jsonl out=pairs.jsonl per_problem=4", PairsConfig),
 }
 
 
@@ -157,6 +164,11 @@ def _dispatch(ns: argparse.Namespace) -> int:
         from opo.commands.hybrid_data import run_hybrid_data
 
         run_hybrid_data(hcfg)
+    elif ns.command == "pairs":
+        pcfg = load_pairs_config(config_path, overrides)
+        from opo.commands.pairs import run_pairs
+
+        run_pairs(pcfg)
     else:
         ecfg = load_eval_config(config_path, overrides)
         from opo.commands.eval import run_eval

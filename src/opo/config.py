@@ -17,9 +17,10 @@ from typing import Any, Literal, Optional
 from opo.errors import ConfigError
 from opo.settings import check_types, is_number, apply_settings, describe, get_key, parse_value, set_key
 
-__all__ = ["Config", "ConfigError", "DiagnoseConfig", "EvalConfig", "HybridDataConfig", "SftConfig", "apply_settings",
+__all__ = ["Config", "ConfigError", "DiagnoseConfig", "EvalConfig", "HybridDataConfig", "PairsConfig", "SftConfig",
+           "apply_settings",
            "describe", "load_config", "load_diagnose_config", "load_eval_config", "load_hybrid_data_config",
-           "load_sft_config", "parse_value"]
+           "load_pairs_config", "load_sft_config", "parse_value"]
 
 Precision = Literal["auto", "bf16", "fp32"]
 
@@ -54,14 +55,14 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: Literal["reasoning_gym", "gsm8k", "math500", "jsonl"] = doc("reasoning_gym", "reasoning_gym | gsm8k | math500 (offline copies shipped with opo) | jsonl (your file)")
+    name: Literal["reasoning_gym", "gsm8k", "math500", "jsonl", "preference"] = doc("reasoning_gym", "reasoning_gym | gsm8k | math500 (offline copies shipped with opo) | jsonl (your file) | preference (train a judge on {query, chosen, rejected} pairs, docs/judges.md)")
     generator: str = doc("chain_sum", "reasoning_gym: generator name")
     generator_args: dict = doc({"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}, "reasoning_gym: keyword arguments of the generator's config (difficulty)")
-    data_path: Optional[str] = doc(None, "gsm8k/math500/jsonl: JSONL file (null: the shipped copy; required for jsonl)")
+    data_path: Optional[str] = doc(None, "gsm8k/math500/jsonl/preference: JSONL file (null: the shipped copy; required for jsonl and preference)")
     question_field: Optional[str] = doc(None, "jsonl: field holding the question (null: 'question')")
     answer_field: Optional[str] = doc(None, "jsonl: field holding the reference answer (null: 'answer')")
     answer_format: Optional[Literal["plain", "gsm8k"]] = doc(None, "jsonl: 'plain' (the field is the answer) or 'gsm8k' (answer after '#### ')")
-    prompt_template: Optional[str] = doc(None, "user message; only {question} is replaced, other braces stay as written; null: the task's default")
+    prompt_template: Optional[str] = doc(None, "user message; only {question} is replaced, other braces stay as written (preference: {query}, {response_1}, {response_2}); null: the task's default")
     system_prompt: Optional[str] = doc(None, "system message; null keeps the chat template's default")
     extractor: Optional[str] = doc(None, "answer extraction; reasoning_gym: first_number (default) | last_number | full; math: math (default) | boxed")
     binary_reward: bool = doc(True, "reasoning_gym: reward 1 for a fully correct answer, else 0 (no partial credit)")
@@ -167,6 +168,43 @@ class HybridConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """A reward reasoning model: reasons, then picks the better of two responses (docs/judges.md)."""
+
+    backend: Literal["none", "local", "http"] = doc("none", "none | local (a model sampled by opo's own engine) | http (an OpenAI-compatible server: vLLM, llama.cpp, a hosted API); opo train: the judge's tournaments replace the task's reward; opo eval: best-of-n picks")
+    model: str = doc("embedded", "local: a model path as model.path (e.g. a judge checkpoint); http: the model name the server serves")
+    base_url: Optional[str] = doc(None, "http: the server's base URL, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = doc("OPENAI_API_KEY", "http: name of the environment variable that holds the API key (keys never go in a config)")
+    template: Optional[str] = doc(None, "judge prompt with {query}, {response_1} and {response_2}; null: opo's built-in prompt (train judges with the same one)")
+    system_prompt: Optional[str] = doc(None, "system message of the judge; null keeps the chat template's default")
+    max_new_tokens: int = doc(256, "length limit of the judge's reasoning and verdict; a verdict cut off is no verdict (a tie)", ge=1)
+    temperature: float = doc(0.6, "judge sampling temperature (0: greedy)", ge=0)
+    order: Literal["random", "both", "fixed"] = doc("random", "position of the two responses: random per comparison, both orders (twice the calls; disagreeing orders are a tie, counted), or fixed")
+    batch_size: int = doc(32, "local: judge prompts per generation call", ge=1)
+    concurrency: int = doc(8, "http: requests in flight at once", ge=1)
+    timeout: float = doc(60.0, "http: seconds per request before it counts as a timeout (a tie)", gt=0)
+    retries: int = doc(2, "http: retries of a failed request", ge=0)
+    reward: Literal["knockout", "elo", "wins"] = doc("knockout", "opo train: group reward among the K completions of a prompt: knockout (matches won / rounds), elo (round-robin ELO as expected score vs the group mean), wins (mean score against judge.opponents random others)")
+    opponents: int = doc(2, "reward=wins: opponents per completion", ge=1)
+    votes: int = doc(1, "knockout: judge samples per match; the majority wins", ge=1)
+    select: list = doc(["knockout", "elo"], "opo eval with n >= 2: tournaments that pick one of each problem's n samples (best-of-n), reported beside pass@n, maj@n and a random pick")
+
+    @property
+    def enabled(self) -> bool:
+        return self.backend != "none"
+
+    def validate(self) -> None:
+        from opo.judges.verdict import check_template
+
+        if self.backend == "http" and not self.base_url:
+            raise ConfigError("judge.backend=http needs judge.base_url, e.g. http://127.0.0.1:8000/v1")
+        if self.template is not None and (problem := check_template(self.template)):
+            raise ConfigError(f"judge.template: {problem}")
+        for name in self.select:
+            _choice("judge.select", name, ["knockout", "elo"])
+
+
+@dataclass
 class Config:
     """Settings of ``opo train``."""
 
@@ -180,6 +218,7 @@ class Config:
     repetition: RepetitionConfig = field(default_factory=RepetitionConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     hybrid: HybridConfig = field(default_factory=HybridConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def validate(self) -> "Config":
         """Refuse out-of-range values and contradictory settings; returns self."""
@@ -191,6 +230,10 @@ class Config:
         POLICY_LOSSES.check("algo.loss", self.algo.loss, self.algo.loss_params, "algo.loss_params")
         KL_ESTIMATORS.check("algo.kl_estimator", self.algo.kl_estimator)
         self.hybrid.validate()
+        self.judge.validate()
+        if self.judge.enabled and (self.hybrid.enabled or self.task.reward_fn):
+            raise ConfigError("judge.backend rewards training with the judge's tournaments: it cannot be combined with "
+                              f"{'hybrid.enabled' if self.hybrid.enabled else 'task.reward_fn'}")
         if declared_extras(ADVANTAGES.get(self.algo.advantage)) and not self.hybrid.enabled:
             raise ConfigError(f"algo.advantage={self.algo.advantage} trains the choice between thinking and not: "
                               "set hybrid.enabled=true (and start from a model that has the mode tags, docs/hybrid.md)")
@@ -274,6 +317,7 @@ class EvalConfig:
     task: TaskConfig = field(default_factory=lambda: TaskConfig(name="gsm8k", eval_size=0))
     repetition: RepetitionConfig = field(default_factory=RepetitionConfig)
     hybrid: HybridConfig = field(default_factory=HybridConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     n: int = doc(1, "sampled completions per problem (0: greedy only)", ge=0)
     k: list = doc([1], "k values of pass@k and maj@k, e.g. k=1,4,8 (each <= n)")
     temperature: float = doc(0.6, "sampling temperature of the n samples")
@@ -284,6 +328,10 @@ class EvalConfig:
     def validate(self) -> "EvalConfig":
         validate_common(self)
         self.hybrid.validate()
+        self.judge.validate()
+        if self.judge.enabled and (self.n < 2 or self.hybrid.enabled):
+            raise ConfigError("judge.backend in opo eval picks one of each problem's n samples: set n >= 2 "
+                              "(e.g. n=8 k=1,8), without hybrid.enabled")
         if self.hybrid.enabled and not self.temperature > 0:
             raise ConfigError(f"hybrid.enabled=true samples each mode: temperature must be > 0, got {self.temperature}")
         _validate_eval_k("k", self.k, self.n)
@@ -420,6 +468,42 @@ THINK_PROMPT = "{question}\nThink step by step, then write the final answer on t
 
 
 @dataclass
+class PairsConfig:
+    """Settings of ``opo pairs``: preference pairs for training a judge (task.name=preference), a
+    correct and an incorrect response to the same problem, from the samples of an ``opo eval`` run."""
+
+    samples: Optional[str] = doc(None, "samples.jsonl of an 'opo eval' run with n >= 2 (required)")
+    out: Optional[str] = doc(None, "pairs JSONL to write (required)")
+    per_problem: int = doc(4, "pairs kept per problem at most (distinct texts; drawn with seed)", ge=1)
+    exclude: Optional[str] = doc(None, "a pairs JSONL whose queries are left out, e.g. the held-out pairs when building the training ones")
+    seed: int = doc(0, "seed of the pairs drawn")
+    overwrite: bool = doc(False, "replace an existing out file")
+
+    def validate(self) -> "PairsConfig":
+        check_types(self)
+        _check_bounds(self)
+        for key in ("samples", "out"):
+            if not getattr(self, key):
+                raise ConfigError(f"{key} is required, e.g. opo pairs samples=runs/eval-x/samples.jsonl out=pairs.jsonl")
+        for key in ("samples", "exclude"):
+            path = getattr(self, key)
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{key} '{path}' does not exist")
+        if Path(self.out).exists() and not self.overwrite:
+            raise ConfigError(f"out '{self.out}' exists; set overwrite=true to replace it")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_pairs_config(path: Optional[str] = None, overrides: list[str] = ()) -> PairsConfig:
+    cfg = PairsConfig()
+    apply_settings(cfg, path, list(overrides), {}, {})
+    return cfg.validate()
+
+
+@dataclass
 class HybridDataConfig:
     """Settings of ``opo hybrid-data``: thinking and direct answers to training problems, kept when correct
     (rejection sampling), as chat rows for ``opo sft`` (Hybrid Fine-Tuning, arXiv 2505.14631)."""
@@ -502,9 +586,14 @@ def validate_task(t: TaskConfig) -> None:
         _choice("task.extractor", t.extractor, EXTRACTORS.names() if t.name == "reasoning_gym" else ["math", "boxed"])
     if t.name == "reasoning_gym":
         _at_least("task.eval_size", t.eval_size, 1)
-    if t.name == "jsonl" and not t.data_path:
-        raise ConfigError("task.name=jsonl needs task.data_path (a JSONL file)")
-    if t.prompt_template is not None and "{question}" not in t.prompt_template:
+    if t.name in ("jsonl", "preference") and not t.data_path:
+        raise ConfigError(f"task.name={t.name} needs task.data_path (a JSONL file)")
+    if t.name == "preference" and t.prompt_template is not None:
+        from opo.judges.verdict import check_template
+
+        if problem := check_template(t.prompt_template):
+            raise ConfigError(f"task.prompt_template: {problem} (task.name=preference)")
+    elif t.prompt_template is not None and "{question}" not in t.prompt_template:
         raise ConfigError("task.prompt_template must contain '{question}'")
     if t.prompt_template is not None and ("{{" in t.prompt_template or "}}" in t.prompt_template):
         warnings.warn("task.prompt_template: only {question} is replaced, so '{{' and '}}' reach the model as "

@@ -20,6 +20,9 @@ from transformers.utils import logging as hf_logging
 from opo.config import Config, OptimConfig, RunSettings
 from opo.distributed import Dist, local_world_size
 from opo.hybrid import ModeTokens
+from opo.judges import PairJudge
+from opo.judges.build import build_judge
+from opo.judges.reward import JudgeRewards
 from opo.models import load_model, stop_token_ids
 from opo.rollout.hf import HFEngine
 from opo.runtime import pick_threads, resolve_precisions
@@ -69,6 +72,15 @@ class Run:
     scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
     shuffle: Optional[torch.Generator] = None  # off-policy mini-batch order
     modes: Optional[ModeTokens] = None  # the mode tags' ids under hybrid.enabled
+    rewards: Optional[JudgeRewards] = None  # the judge's tournaments, when they replace the task's reward
+
+    @property
+    def grader(self) -> Any:
+        """What scores training completions: the judge's tournaments, or the task's verifier."""
+        return self.rewards or self.task
+
+    def reward_metrics(self) -> dict[str, float]:
+        return self.rewards.metrics() if self.rewards else {}
 
     def answer_text(self, completion: list[int]) -> str:
         """The text the task grades: a hybrid response's answer part, else the whole completion."""
@@ -85,10 +97,12 @@ def seed_all(settings: RunSettings) -> None:
     torch.use_deterministic_algorithms(settings.deterministic)
 
 
-def setup(cfg: Any, *, max_new_tokens: int, d: Dist = Dist(), weights: Optional[str] = None) -> Run:
+def setup(cfg: Any, *, max_new_tokens: int, d: Dist = Dist(), weights: Optional[str] = None,
+          run_dir: Optional[Path] = None) -> Run:
     """Build a :class:`Run` from a validated config; ``weights``: a checkpoint to load instead of
     ``model.path``; ``max_new_tokens``: the longest completion, for the prompt-length check.
-    A :class:`~opo.config.Config` (``opo train``) also gets the training fields."""
+    A :class:`~opo.config.Config` (``opo train``) also gets the training fields, and with
+    ``judge.backend`` the judge's rewards (an HTTP judge caches its answers in ``run_dir``)."""
     hf_logging.disable_progress_bar()  # opo's own bars say what is going on; these would litter logs
     rollout = getattr(cfg, "rollout", None)
     compute = choose_compute(cfg.run, rollout.precision if rollout else "auto", d)
@@ -96,10 +110,22 @@ def setup(cfg: Any, *, max_new_tokens: int, d: Dist = Dist(), weights: Optional[
     # train and diagnose draw training prompts (a config with a rollout section); eval only held-out ones
     task = build_task(cfg.task, for_training=rollout is not None)
     try:
-        return _build(cfg, compute, task, max_new_tokens, d, weights)
+        run = _build(cfg, compute, task, max_new_tokens, d, weights)
+        if isinstance(cfg, Config) and cfg.judge.enabled:
+            run.rewards = _judge_rewards(cfg, compute, d, run_dir, task)
+        return run
     except BaseException:
         task.close()  # grader workers must not outlive a failed start
         raise
+
+
+def _judge_rewards(cfg: Config, compute: Compute, d: Dist, run_dir: Optional[Path], task: Task) -> JudgeRewards:
+    j, seed = cfg.judge, cfg.run.seed
+    cache = None if run_dir is None else run_dir / (f"judge_cache.rank{d.rank}.jsonl" if d.world > 1
+                                                    else "judge_cache.jsonl")
+    judge = build_judge(j, sampling=compute.sampling, seed=seed, cache=cache)
+    return JudgeRewards(task, PairJudge(judge, j.order, seed), j.reward, opponents=j.opponents, votes=j.votes,
+                        seed=seed)
 
 
 def _build(cfg: Any, compute: Compute, task: Task, max_new_tokens: int, d: Dist, weights: Optional[str]) -> Run:

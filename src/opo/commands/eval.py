@@ -15,6 +15,9 @@ from opo import rundir
 from opo.config import EvalConfig
 from opo.evaluate import Sample, evaluate, metrics_of
 from opo.hybrid_eval import evaluate_hybrid, hybrid_metrics
+from opo.judges import PairJudge
+from opo.judges.build import build_judge
+from opo.judges.select import best_of_n
 from opo.run import Run, output_dir, setup
 
 
@@ -39,16 +42,28 @@ def run_eval(cfg: EvalConfig) -> dict[str, float]:
                                              temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                              batch_size=cfg.batch_size, on_samples=keep, progress=cfg.run.progress)
             else:
-                metrics, _ = evaluate(run.engine, run.tok, run.task, n=cfg.n, ks=tuple(cfg.k),
-                                      temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy,
-                                      batch_size=cfg.batch_size, repetition=(cfg.repetition.n, cfg.repetition.min_count),
-                                      on_samples=keep, progress=cfg.run.progress)
+                metrics, samples = evaluate(run.engine, run.tok, run.task, n=cfg.n, ks=tuple(cfg.k),
+                                            temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                            greedy=cfg.greedy, batch_size=cfg.batch_size,
+                                            repetition=(cfg.repetition.n, cfg.repetition.min_count),
+                                            on_samples=keep, progress=cfg.run.progress)
+                if cfg.judge.enabled:  # best-of-n: the judge picks one of each problem's n samples
+                    metrics.update(_judge_picks(cfg, run, samples, out_dir))
     except KeyboardInterrupt:
         _finish(cfg, run, out_dir, _complete_problems(done, cfg, run), started, interrupted=True)
         raise
     finally:
         run.close()
     return _finish(cfg, run, out_dir, metrics, started)
+
+
+def _judge_picks(cfg: EvalConfig, run: Run, samples: list[Sample], out_dir: Path) -> dict[str, float]:
+    j = cfg.judge
+    judge = PairJudge(build_judge(j, sampling=run.compute.sampling, seed=cfg.run.seed,
+                                  cache=out_dir / "judge_cache.jsonl"), j.order, cfg.run.seed)
+    metrics, picks = best_of_n(samples, judge, j.select, votes=j.votes, seed=cfg.run.seed)
+    (out_dir / "picks.json").write_text(json.dumps(picks, indent=1))
+    return metrics
 
 
 def _complete_problems(samples: list, cfg: EvalConfig, run: Run) -> dict[str, float]:
@@ -82,6 +97,8 @@ def format_table(metrics: dict[str, float], cfg: EvalConfig) -> str:
         head += f" | hybrid: {cfg.hybrid.eval_samples} per mode, temperature {cfg.temperature}, then greedy"
     elif cfg.n:
         head += f" | n={cfg.n}, temperature {cfg.temperature}"
+        if cfg.judge.enabled:
+            head += f" | judge {cfg.judge.backend}:{cfg.judge.model}"
     head += f" | max_new_tokens {cfg.max_new_tokens}"
     lines = [head, "-" * len(head)]
     groups: dict[str, dict[str, float]] = {}
@@ -92,7 +109,7 @@ def format_table(metrics: dict[str, float], cfg: EvalConfig) -> str:
         if name.startswith("by_"):
             group, metric = name.rsplit("/", 1)
             groups.setdefault(group, {})[metric] = value
-        elif name.startswith(("grader_",)) or name.endswith("length"):
+        elif name.startswith(("grader_", "judge_calls", "judge_no_verdict", "judge_failures")) or name.endswith("length"):
             lines.append(f"{name:<24} {value:>8.1f}")
         elif name not in ("n", "samples_per_problem"):
             lines.append(f"{name:<24} {value:>8.1%}")

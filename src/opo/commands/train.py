@@ -73,7 +73,7 @@ def _train(cfg: Config, d: Dist, held: contextlib.ExitStack) -> dict[str, Any]:
     run_dir = output_dir(cfg.run.dir, d)
     resume_from = _claim(run_dir, cfg, d, held, say)
     run = setup(cfg, d=d, weights=str(resume_from) if resume_from else None,
-                max_new_tokens=max(cfg.rollout.max_new_tokens, cfg.train.eval_max_new_tokens))
+                max_new_tokens=max(cfg.rollout.max_new_tokens, cfg.train.eval_max_new_tokens), run_dir=run_dir)
     try:
         say(run.compute.describe(d, cfg.train.fsdp))
         at = _restore(run, resume_from, say) if resume_from else Progress()
@@ -144,7 +144,7 @@ def rl_step(run: Run, data_pos: int, step: int, measure_shift: bool = False
     # 2. Verifiable rewards; every process then gets the whole batch (token ids and rewards, a few KB).
     t0 = time.time()
     texts = [shown_text(tok, r.completion) if run.modes else decode(tok, r.completion) for r in batch.rollouts]
-    graded = run.task.grade([run.answer_text(r.completion) for r in batch.rollouts],
+    graded = run.grader.grade([run.answer_text(r.completion) for r in batch.rollouts],
                             [examples[r.group] for r in batch.rollouts])
     t_reward = time.time() - t0
     scored = d.gather(list(zip(batch.rollouts, texts, graded)))
@@ -174,6 +174,7 @@ def rl_step(run: Run, data_pos: int, step: int, measure_shift: bool = False
         **update,
         **repetition_metrics([r.completion for r in batch.rollouts], cfg.repetition.n, cfg.repetition.min_count),
         **_grading_metrics([g.status for g in graded]),
+        **run.reward_metrics(),
         **(mode_metrics(rewards, data.mask, batch, extras["modes"], _margin(estimator, a.advantage_params))
            if run.modes else {}),
         "time/generate": t_gen, "time/reward": t_reward, "time/train": t_train, "time/step": time.time() - t_step,

@@ -6,10 +6,11 @@ from opo.config import TaskConfig
 from opo.tasks.base import Example, Graded, Task
 from opo.tasks.chat import decode, encode
 from opo.tasks.math import MathTask
+from opo.tasks.preference import PreferenceTask
 from opo.tasks.reasoning_gym import ReasoningGymTask
 from opo.tasks.user_reward import UserRewardTask
 
-__all__ = ["Example", "Graded", "MathTask", "ReasoningGymTask", "Task", "UserRewardTask", "build_task", "decode",
+__all__ = ["Example", "Graded", "MathTask", "PreferenceTask", "ReasoningGymTask", "Task", "UserRewardTask", "build_task", "decode",
            "encode", "limit_prompt_length"]
 
 
@@ -29,6 +30,9 @@ def _named_task(t: TaskConfig, for_training: bool) -> Task:
             t.system_prompt, t.extractor or "first_number", t.seed, t.eval_seed, t.eval_size, t.exclude_eval,
             t.binary_reward, for_training=for_training,
         )
+    if t.name == "preference":
+        return PreferenceTask(t.data_path, t.prompt_template, t.system_prompt, t.seed, t.eval_seed, t.eval_size,
+                              t.skip_bad_rows, t.exclude_eval, for_training)
     return MathTask(
         t.name, t.data_path, t.question_field, t.answer_field, t.answer_format, t.prompt_template, t.system_prompt,
         t.extractor, t.eval_size, t.grader_workers, t.grader_timeout, t.skip_bad_rows, exclude_eval=t.exclude_eval,

@@ -90,6 +90,7 @@ class MathTask:
         skip_bad_rows: bool = False,
         exclude_eval: bool = True,
         for_training: bool = False,
+        parse: Optional[Callable[[dict, int], Row]] = None,
     ) -> None:
         preset = PRESETS.get(name, Preset("", "question", "answer", "plain"))
         self.name = name
@@ -98,7 +99,8 @@ class MathTask:
         self.skip_bad_rows = skip_bad_rows
         fields = (question_field or preset.question_field, answer_field or preset.answer_field,
                   answer_format or preset.answer_format)
-        self.rows, skipped = jsonl.read_rows(self.path, lambda row, line: parse_row(row, line, *fields), skip_bad_rows,
+        parse = parse or (lambda row, line: parse_row(row, line, *fields))
+        self.rows, skipped = jsonl.read_rows(self.path, parse, skip_bad_rows,
                                              SKIP_KEY, "task data file")
         self.skipped_rows = len(skipped)
         if skipped:

@@ -1,0 +1,79 @@
+"""Judge rewards for ``opo train`` (the group form of the reward contract): the K completions of a
+prompt are scored together by a tournament among them (:func:`opo.judges.tournament.reward_plan`),
+all prompts' tournaments side by side so that each round is one batch of judge calls.
+
+The task keeps its examples and its verifier: held-out evaluation still grades with the verifier,
+and during training ``correct`` says what the verifier thinks of each completion, so a run shows
+how far the judge's reward agrees with the truth (``judge/verifier_agreement``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from typing import Optional
+
+from opo.judges.pairwise import PairJudge
+from opo.judges.tournament import play, reward_plan
+from opo.tasks.base import Example, Graded, Task
+
+
+class JudgeRewards:
+    """Grades a training step's completions with ``judge``'s tournaments (``mode``: knockout | elo |
+    wins). Completions of one prompt share one :class:`Example` object, as the training loop passes
+    them; that is how groups are found."""
+
+    def __init__(self, task: Task, judge: PairJudge, mode: str, *, opponents: int = 2, votes: int = 1,
+                 seed: int = 0) -> None:
+        self.task, self.judge, self.mode = task, judge, mode
+        self.opponents, self.votes = opponents, votes
+        self.seed = seed
+        self._step: dict[str, float] = {}
+
+    def grade(self, completions: list[str], examples: list[Example]) -> list[Graded]:
+        groups: dict[int, list[int]] = {}
+        for k, ex in enumerate(examples):
+            groups.setdefault(id(ex), []).append(k)
+        members = list(groups.values())
+        query = [examples[m[0]].messages[-1]["content"] for m in members]
+
+        def compare(requests: list[tuple[int, int, int]]) -> list[float]:
+            return [v.score for v in self.judge.compare([(query[g], completions[members[g][i]],
+                                                          completions[members[g][j]]) for g, i, j in requests])]
+
+        # orders, brackets and the judge's samples follow from the completions themselves, so a
+        # resumed run grades its steps exactly as the first run did
+        key = int.from_bytes(hashlib.sha256("\0".join(completions).encode()).digest()[:8], "big") ^ self.seed
+        self.judge.reseed(key)
+        rng = random.Random(key)
+        before = Counter(self.judge.counts)
+        standings = play([reward_plan(len(m), self.mode, opponents=self.opponents, votes=self.votes, rng=rng)
+                          for m in members], compare)
+        verified = self.task.grade(completions, examples)
+        rewards = [0.0] * len(completions)
+        for m, s in zip(members, standings):
+            for i, k in enumerate(m):
+                rewards[k] = s.scores[i]
+        self._step = self.judge.metrics(self.judge.counts - before)
+        agreement = _agreement(members, rewards, [g.correct for g in verified])
+        if agreement is not None:
+            self._step["judge/verifier_agreement"] = agreement
+        return [Graded(g.answer, r, g.correct, g.status) for g, r in zip(verified, rewards)]
+
+    def metrics(self) -> dict[str, float]:
+        """The last step's judge calls, verdict failures and agreement with the verifier."""
+        return dict(self._step)
+
+
+def _agreement(members: list[list[int]], rewards: list[float], correct: list[bool]) -> Optional[float]:
+    """Of the pairs within a group where the verifier tells one completion correct and the other
+    not, the share the judge's reward orders the same way (ties count half); None when none."""
+    agree, total = 0.0, 0
+    for m in members:
+        for a in m:
+            for b in m:
+                if correct[a] and not correct[b]:
+                    total += 1
+                    agree += 1.0 if rewards[a] > rewards[b] else 0.5 if rewards[a] == rewards[b] else 0.0
+    return agree / total if total else None
