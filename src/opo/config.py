@@ -475,7 +475,7 @@ class PairsConfig:
     samples: Optional[str] = doc(None, "samples.jsonl of an 'opo eval' run with n >= 2 (required)")
     out: Optional[str] = doc(None, "pairs JSONL to write (required)")
     per_problem: int = doc(4, "pairs kept per problem at most (distinct texts; drawn with seed)", ge=1)
-    exclude: Optional[str] = doc(None, "a pairs JSONL whose queries are left out, e.g. the held-out pairs when building the training ones")
+    exclude: Optional[str] = doc(None, "a pairs JSONL (its queries) or opo eval samples.jsonl (its prompts) whose problems are left out, e.g. the held-out problems when building training pairs")
     seed: int = doc(0, "seed of the pairs drawn")
     overwrite: bool = doc(False, "replace an existing out file")
 

@@ -62,7 +62,7 @@ def run_pairs(cfg: PairsConfig) -> dict[str, Any]:
     exclude: frozenset[str] = frozenset()
     if cfg.exclude:
         rows, _ = jsonl.read_rows(Path(cfg.exclude), lambda f, line: f, False, "", "exclude")
-        exclude = frozenset(question_key(str(r.get("query", ""))) for r in rows)
+        exclude = frozenset(question_key(str(r.get("query", r.get("prompt", "")))) for r in rows)
     pairs = make_pairs(samples, cfg.per_problem, random.Random(cfg.seed), exclude)
     out = Path(cfg.out or "")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -56,13 +56,15 @@ class JudgeRewards:
             for i, k in enumerate(m):
                 rewards[k] = s.scores[i]
         self._step = self.judge.metrics(self.judge.counts - before)
+        self._step["judge/verifier_accuracy"] = sum(g.correct for g in verified) / max(1, len(verified))
         agreement = _agreement(members, rewards, [g.correct for g in verified])
         if agreement is not None:
             self._step["judge/verifier_agreement"] = agreement
         return [Graded(g.answer, r, g.correct, g.status) for g, r in zip(verified, rewards)]
 
     def metrics(self) -> dict[str, float]:
-        """The last step's judge calls, verdict failures and agreement with the verifier."""
+        """The last step's judge calls, verdict failures, the verifier's accuracy of the completions
+        (reward/accuracy counts rewards >= 1, knockout winners here) and the judge's agreement with it."""
         return dict(self._step)
 
 

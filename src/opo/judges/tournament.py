@@ -25,11 +25,11 @@ def pairwise(fn: Callable[[int, int], float]) -> Compare:
 @dataclass
 class Standing:
     """A tournament's outcome. ``ranking``: candidates, best first; ``scores``: per candidate
-    (knockout: matches won; round robin: rating); ``calls``: comparisons made (judge calls, before
+    (knockout: rounds survived, byes included; round robin: rating); ``calls``: comparisons made (judge calls, before
     any both-orders doubling)."""
 
     ranking: list[int]
-    scores: list[float]
+    scores: list[float]  # knockout: rounds survived (a bye counts); round robin: rating
     calls: int
 
     @property
@@ -105,6 +105,8 @@ def knockout_plan(n: int, *, votes: int = 1, seeds: Optional[list[int]] = None,
         scores = yield [m for m in matches for _ in range(votes)]
         calls += len(scores)
         winners, losers = set(bye), set()
+        for b in bye:
+            wins[b] += 1  # a bye survives the round like a win
         for k, (i, j) in enumerate(matches):
             total = sum(scores[k * votes:(k + 1) * votes])
             i_wins = total > votes / 2 or (total == votes / 2 and rng.random() < 0.5)
@@ -175,7 +177,7 @@ def reward_plan(n: int, mode: Literal["knockout", "elo", "wins"], *, opponents: 
                 rng: Optional[random.Random] = None) -> Plan:
     """A tournament among n responses to one prompt whose ``scores`` are rewards in [0, 1].
 
-    ``knockout``: matches won / ceil(log2 n) (the winner 1, first-round losers 0); ``elo``: each
+    ``knockout``: rounds survived / ceil(log2 n) (the winner 1, first-round losers 0); ``elo``: each
     rating's expected score against the group's mean rating, 1 / (1 + 10^((mean - R) / 400));
     ``wins``: mean score against ``opponents`` others drawn at random (ties 0.5). One response: 0.5.
     """
