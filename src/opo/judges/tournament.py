@@ -4,7 +4,9 @@ pairs rated by sequential ELO or a Bradley-Terry fit.
 
 Both take ``compare(pairs) -> scores``: for each (i, j) the score of i against j, 1.0 a win, 0.0 a
 loss, 0.5 a tie (no verdict). A whole round goes to ``compare`` at once, so a batched judge
-generates it in one pass; :func:`pairwise` lifts a one-pair ``compare(i, j)`` into that form.
+generates it in one pass; :func:`pairwise` lifts a one-pair ``compare(i, j)`` into that form. Each
+tournament is also a *plan*, a generator that asks for one round at a time, so :func:`play` can run
+many side by side (one per prompt) and batch their rounds together.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ def pairwise(fn: Callable[[int, int], float]) -> Compare:
 @dataclass
 class Standing:
     """A tournament's outcome. ``ranking``: candidates, best first; ``scores``: per candidate
-    (knockout: rounds survived, byes included; round robin: rating); ``calls``: comparisons made (judge calls, before
-    any both-orders doubling)."""
+    (knockout: rounds survived, a bye included; round robin: rating); ``calls``: comparisons made
+    (before any both-orders doubling by :class:`~opo.judges.pairwise.PairJudge`)."""
 
     ranking: list[int]
-    scores: list[float]  # knockout: rounds survived (a bye counts); round robin: rating
+    scores: list[float]
     calls: int
 
     @property
