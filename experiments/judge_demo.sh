@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 OUT=runs/demo-judge
 mkdir -p $OUT
 last_checkpoint() { ls -d "$1"/checkpoints/step_* | tail -1; }
-SAMPLE=(task=reasoning_gym n=8 k=1,8 temperature=1.0 max_new_tokens=24 run.progress=false)
+SAMPLE=(task=reasoning_gym n=8 k=1,8 temperature=1.0 max_new_tokens=24 run.progress=false run.threads=2)
 
 # 1. the policy's answers: 8 per problem on 150 training-side problems and on the 100 held-out ones
 [ -f $OUT/pool/summary.json ] || .venv/bin/opo eval "${SAMPLE[@]}" task.eval_seed=101 task.eval_size=150 greedy=false \
@@ -29,12 +29,12 @@ PREF=(task=preference task.data_path=$OUT/pairs_all.jsonl task.eval_size=$H)
 # 3. the verdict format, with random verdicts (1 epoch)
 .venv/bin/python experiments/judge_format_rows.py $OUT/pairs_train.jsonl $OUT/format.jsonl
 [ -f $OUT/format_sft/summary.json ] || .venv/bin/opo sft data=$OUT/format.jsonl sft.epochs=1 \
-  sft.batch_tokens=4096 run.progress=false run.dir=$OUT/format_sft > $OUT/format_sft.log 2>&1
+  sft.batch_tokens=4096 run.threads=2 run.progress=false run.dir=$OUT/format_sft > $OUT/format_sft.log 2>&1
 FORMAT=$(last_checkpoint $OUT/format_sft)
 
 # 4. OPO on the preference task: 8 pairs x 8 verdicts per step; held-out pairwise accuracy before and after
 [ -f $OUT/judge/summary.json ] || .venv/bin/opo train model.path=$FORMAT "${PREF[@]}" rollout.max_new_tokens=16 \
-  train.eval_max_new_tokens=16 train.steps=40 train.eval_every=10 checkpoint.every=10 run.progress=false \
+  train.eval_max_new_tokens=16 train.steps=40 train.eval_every=10 checkpoint.every=10 run.threads=2 run.progress=false \
   run.dir=$OUT/judge > $OUT/judge.log 2>&1
 JUDGE=$(last_checkpoint $OUT/judge)
 
