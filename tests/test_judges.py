@@ -13,11 +13,10 @@ from opo.config import ConfigError, load_config, load_eval_config
 from opo.evaluate import Sample
 from opo.judges import (Judgment, PairJudge, judge_messages, knockout, knockout_plan, pairwise, parse_verdict, play,
                         reward_plan, round_robin)
-from opo.judges.reward import JudgeRewards
+from opo.judges.reward import JudgeRewards, combine
 from opo.judges.select import best_of_n
 from opo.judges.verdict import check_template
 from opo.tasks import PreferenceTask, ReasoningGymTask
-from opo.tasks.base import Example
 
 
 class RuleJudge:
@@ -186,8 +185,8 @@ def test_group_rewards_lie_in_0_1_and_order_the_responses(mode):
     s = play([reward_plan(6, mode, opponents=5)], lambda rq: [float(i > j) for _, i, j in rq])[0]
     assert all(0.0 <= r <= 1.0 for r in s.scores)
     assert s.scores[5] == max(s.scores) and s.scores[0] == min(s.scores)
-    if mode == "knockout":
-        assert s.scores[5] == 1.0
+    if mode != "wins":  # knockout and elo span [0, 1] within the group
+        assert s.scores[5] == 1.0 and (mode == "knockout" or s.scores[0] == 0.0)
 
 
 # --- judge rewards in training ---
@@ -211,11 +210,59 @@ def test_judge_rewards_score_each_group_by_its_own_tournament_and_report_agreeme
     m = rewards.metrics()
     assert m["judge/calls"] == 6 and m["judge/verifier_agreement"] == 1.0 and m["judge/verifier_accuracy"] == 0.25
     assert oracle.seen == [4, 2]  # both groups' rounds in one batch each
-    again = JudgeRewards(task, PairJudge(RuleJudge(noise=0.5, seed=1), "random"), "elo")
-    first = [g.reward for g in again.grade(completions, [ex[0]] * 4 + [ex[1]] * 4)]
-    again.judge.judge.rng.seed(1)
-    assert [g.reward for g in again.grade(completions, [ex[0]] * 4 + [ex[1]] * 4)] == first  # resumable
     task.close()
+
+
+def test_judge_rewards_of_a_resumed_run_repeat_the_first_runs():
+    task = chain_sum_task()
+    ex = [task.train_example(0), task.train_example(1)]
+    completions = ["1", "22", "333", "4444", "5", "66", "777", "8888"]
+
+    def rewards(mode):  # a fresh judge and fresh state, as after a restart; the judge's order is seeded
+        j = JudgeRewards(task, PairJudge(RuleJudge(bias=1)), mode, seed=7)
+        return [g.reward for g in j.grade(completions, [ex[0]] * 4 + [ex[1]] * 4)]
+
+    for mode in ("knockout", "elo", "wins"):
+        first = rewards(mode)
+        assert rewards(mode) == first and len(set(first)) > 1
+    task.close()
+
+
+def test_a_judge_without_verdicts_gives_equal_rewards_and_is_counted():
+    class Down:
+        name = "down"
+
+        def judge(self, items):
+            return [Judgment(None, "cannot connect", "error") for _ in items]
+
+    task = chain_sum_task()
+    ex = task.train_example(0)
+    for mode in ("knockout", "elo", "wins"):
+        rewards = JudgeRewards(task, PairJudge(Down()), mode)
+        graded = rewards.grade(["1", "2", "3", "4", "5", "6", "7", "8"], [ex] * 8)
+        assert {g.reward for g in graded} == {0.5}  # coin-flip brackets would teach noise
+        m = rewards.metrics()
+        assert m["judge/uninformed_groups"] == 1 and m["judge/failures"] == m["judge/calls"] > 0
+    task.close()
+
+
+def test_random_order_does_not_favour_a_bracket_slot():
+    # a judge that always says "Assistant 1" must not make any completion index win more often
+    task = chain_sum_task()
+    ex = task.train_example(0)
+    wins = Counter()
+    rewards = JudgeRewards(task, PairJudge(RuleJudge(bias=1)), "knockout")
+    for t in range(600):
+        graded = rewards.grade([f"{t}-{i}" for i in range(4)], [ex] * 4)
+        wins[[g.reward for g in graded].index(1.0)] += 1
+    assert all(110 < wins[i] < 190 for i in range(4)), wins
+    task.close()
+
+
+def test_judge_metrics_of_several_processes_sum_counts_and_average_rates():
+    parts = [{"judge/calls": 6.0, "judge/verifier_accuracy": 0.5}, {"judge/calls": 4.0, "judge/verifier_accuracy": 0.25,
+                                                                   "judge/verifier_agreement": 1.0}]
+    assert combine(parts) == {"judge/calls": 10.0, "judge/verifier_accuracy": 0.375, "judge/verifier_agreement": 1.0}
 
 
 def test_best_of_n_reports_the_pick_beside_oracle_majority_and_random():
@@ -265,6 +312,10 @@ def test_preference_task_names_a_bad_row_by_file_and_line(tmp_path):
         load_config(None, ["task.name=preference"])
     with pytest.raises(ConfigError, match="lacks"):
         load_config(None, ["task.name=preference", f"task.data_path={path}", "task.prompt_template={query}"])
+    with pytest.raises(ConfigError, match="preference"):
+        load_config(None, ["task.name=preference", f"task.data_path={path}", "judge.backend=local"])
+    # a verdict cut off at the length limit is graded (no verdict: -1), never the 0 that beats a wrong verdict
+    assert load_config(None, ["task.name=preference", f"task.data_path={path}"]).truncated_reward() is None
 
 
 def test_judge_settings_are_checked_before_anything_loads():
@@ -276,6 +327,16 @@ def test_judge_settings_are_checked_before_anything_loads():
         load_eval_config(None, ["judge.backend=local", "n=4", "judge.select=[swiss]"])
     with pytest.raises(ConfigError, match="hybrid.enabled"):
         load_config(None, ["judge.backend=local", "hybrid.enabled=true", "algo.advantage=hgpo"])
+    with pytest.raises(ConfigError, match="judge.model"):
+        load_config(None, ["judge.backend=http", "judge.base_url=http://127.0.0.1:1/v1"])
+    with pytest.raises(ConfigError, match="every vote would be the same"):
+        load_config(None, ["judge.backend=local", "judge.votes=3", "judge.temperature=0"])
+    with pytest.raises(ConfigError, match="at least 2"):
+        load_config(None, ["judge.backend=local", "rollout.samples_per_prompt=1"])
+    with pytest.raises(ConfigError, match="twice"):
+        load_eval_config(None, ["judge.backend=local", "n=4", "judge.select=[elo, elo]"])
+    with pytest.raises(ConfigError, match="judge.select tournament"):
+        load_eval_config(None, ["judge.backend=local", "n=4", "judge.select=[]"])
 
 
 def test_pairs_join_distinct_right_and_wrong_answers_of_one_problem():

@@ -84,7 +84,7 @@ class RolloutConfig:
     samples_per_prompt: int = doc(8, "completions sampled per prompt (K, the group size)", ge=1)
     max_new_tokens: int = doc(24, "completion length limit; longer completions finish with reason 'length'", ge=1)
     temperature: float = doc(1.0, "sampling temperature; the trainer scores the same tempered distribution", gt=0)
-    truncated_reward: Optional[str] = doc(None, "reward of a completion cut off at max_new_tokens: 'grade', 'zero' or a number; null: 'zero' for math tasks, 'grade' for reasoning_gym and task.reward_fn")
+    truncated_reward: Optional[str] = doc(None, "reward of a completion cut off at max_new_tokens: 'grade', 'zero' or a number; null: 'zero' for math tasks, 'grade' for reasoning_gym, preference and task.reward_fn")
     precision: Precision = doc("auto", "sampling: 'bf16' (a bf16 copy of the policy refreshed every step), 'fp32' (the policy itself), or 'auto' (as run.precision)")
 
 
@@ -184,9 +184,10 @@ class JudgeConfig:
     concurrency: int = doc(8, "http: requests in flight at once", ge=1)
     timeout: float = doc(60.0, "http: seconds per request before it counts as a timeout (a tie)", gt=0)
     retries: int = doc(2, "http: retries of a failed request", ge=0)
-    reward: Literal["knockout", "elo", "wins"] = doc("knockout", "opo train: group reward among the K completions of a prompt: knockout (matches won / rounds), elo (round-robin ELO as expected score vs the group mean), wins (mean score against judge.opponents random others)")
+    reward: Literal["knockout", "elo", "wins"] = doc("knockout", "opo train: group reward among the K completions of a prompt, in [0, 1]: knockout (rounds survived / rounds), elo (round-robin rating spread over [0, 1] within the group), wins (mean score against judge.opponents random others)")
+    rating: Literal["elo", "bt"] = doc("elo", "round-robin rating: elo (sequential ELO, K 32, start 1000, scale 400) or bt (a Bradley-Terry fit)")
     opponents: int = doc(2, "reward=wins: opponents per completion", ge=1)
-    votes: int = doc(1, "knockout: judge samples per match; the majority wins", ge=1)
+    votes: int = doc(1, "knockout: judge samples per match; the majority wins (needs judge.temperature > 0)", ge=1)
     select: list = doc(["knockout", "elo"], "opo eval with n >= 2: tournaments that pick one of each problem's n samples (best-of-n), reported beside pass@n, maj@n and a random pick")
 
     @property
@@ -198,6 +199,14 @@ class JudgeConfig:
 
         if self.backend == "http" and not self.base_url:
             raise ConfigError("judge.backend=http needs judge.base_url, e.g. http://127.0.0.1:8000/v1")
+        if self.backend == "http" and self.model == "embedded":
+            raise ConfigError("judge.backend=http needs judge.model: the model name the server serves (GET /v1/models "
+                              "lists them)")
+        if self.votes > 1 and self.temperature == 0:
+            raise ConfigError(f"judge.votes={self.votes} asks a greedy judge (judge.temperature=0) the same question "
+                              "several times: every vote would be the same; set judge.temperature > 0 or votes=1")
+        if len(set(self.select)) != len(self.select):
+            raise ConfigError(f"judge.select lists a tournament twice: {self.select}")
         if self.template is not None and (problem := check_template(self.template)):
             raise ConfigError(f"judge.template: {problem}")
         for name in self.select:
@@ -231,9 +240,14 @@ class Config:
         KL_ESTIMATORS.check("algo.kl_estimator", self.algo.kl_estimator)
         self.hybrid.validate()
         self.judge.validate()
-        if self.judge.enabled and (self.hybrid.enabled or self.task.reward_fn):
-            raise ConfigError("judge.backend rewards training with the judge's tournaments: it cannot be combined with "
-                              f"{'hybrid.enabled' if self.hybrid.enabled else 'task.reward_fn'}")
+        if self.judge.enabled and (self.hybrid.enabled or self.task.reward_fn or self.task.name == "preference"):
+            other = "hybrid.enabled" if self.hybrid.enabled else "task.reward_fn" if self.task.reward_fn \
+                else "task.name=preference (whose reward is the verdict's correctness)"
+            raise ConfigError(f"judge.backend rewards training with the judge's tournaments: it cannot be combined with "
+                              f"{other}")
+        if self.judge.enabled and self.rollout.samples_per_prompt < 2:
+            raise ConfigError("judge.backend compares the completions of a prompt with each other: "
+                              f"rollout.samples_per_prompt must be at least 2, got {self.rollout.samples_per_prompt}")
         if declared_extras(ADVANTAGES.get(self.algo.advantage)) and not self.hybrid.enabled:
             raise ConfigError(f"algo.advantage={self.algo.advantage} trains the choice between thinking and not: "
                               "set hybrid.enabled=true (and start from a model that has the mode tags, docs/hybrid.md)")
@@ -279,7 +293,8 @@ class Config:
         """The reward of a completion cut off at the length limit, or None to grade it as it is."""
         value = self.rollout.truncated_reward
         if value is None:
-            value = "grade" if self.task.name == "reasoning_gym" or self.task.reward_fn else "zero"
+            # preference: a cut-off verdict is no verdict, -1, never better than a wrong one
+            value = "grade" if self.task.name in ("reasoning_gym", "preference") or self.task.reward_fn else "zero"
         return None if value == "grade" else 0.0 if value == "zero" else float(value)
 
     @property
@@ -329,9 +344,9 @@ class EvalConfig:
         validate_common(self)
         self.hybrid.validate()
         self.judge.validate()
-        if self.judge.enabled and (self.n < 2 or self.hybrid.enabled):
+        if self.judge.enabled and (self.n < 2 or self.hybrid.enabled or not self.judge.select):
             raise ConfigError("judge.backend in opo eval picks one of each problem's n samples: set n >= 2 "
-                              "(e.g. n=8 k=1,8), without hybrid.enabled")
+                              "(e.g. n=8 k=1,8) and at least one judge.select tournament, without hybrid.enabled")
         if self.hybrid.enabled and not self.temperature > 0:
             raise ConfigError(f"hybrid.enabled=true samples each mode: temperature must be > 0, got {self.temperature}")
         _validate_eval_k("k", self.k, self.n)
@@ -596,7 +611,8 @@ def validate_task(t: TaskConfig) -> None:
     elif t.prompt_template is not None and "{question}" not in t.prompt_template:
         raise ConfigError("task.prompt_template must contain '{question}'")
     if t.prompt_template is not None and ("{{" in t.prompt_template or "}}" in t.prompt_template):
-        warnings.warn("task.prompt_template: only {question} is replaced, so '{{' and '}}' reach the model as "
+        warnings.warn("task.prompt_template: only the named fields ({question}; preference: {query}, {response_1}, "
+                      "{response_2}) are replaced, so '{{' and '}}' reach the model as "
                       "written; write single braces (e.g. \\boxed{})", stacklevel=2)
     if not math.isfinite(t.reward_on_error):
         raise ConfigError(f"task.reward_on_error must be a finite number, got {t.reward_on_error}")

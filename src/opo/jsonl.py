@@ -49,7 +49,8 @@ def read_rows(path: Path, parse: Callable[[dict, int], T], skip_bad: bool, skip_
                     rows.append(parse(fields, line))
             except BadRow as e:
                 if not skip_bad:
-                    raise ValueError(f"{path}:{line}: {e} ({skip_key}=true skips such rows)") from None
+                    raise ValueError(f"{path}:{line}: {e}" + (f" ({skip_key}=true skips such rows)" if skip_key else "")) \
+                        from None
                 skipped.append(f"{path}:{line}: {e}")
     if not rows:
         raise ValueError(f"{what} '{path}' holds no usable rows" + (f" ({len(skipped)} skipped)" if skipped else ""))

@@ -11,7 +11,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from transformers import PreTrainedModel
@@ -22,7 +22,7 @@ from opo.distributed import Dist, local_world_size
 from opo.hybrid import ModeTokens
 from opo.judges import PairJudge
 from opo.judges.build import build_judge
-from opo.judges.reward import JudgeRewards
+from opo.judges.reward import JudgeRewards, combine
 from opo.models import load_model, stop_token_ids
 from opo.rollout.hf import HFEngine
 from opo.runtime import pick_threads, resolve_precisions
@@ -75,12 +75,13 @@ class Run:
     rewards: Optional[JudgeRewards] = None  # the judge's tournaments, when they replace the task's reward
 
     @property
-    def grader(self) -> Any:
+    def grader(self) -> Union[Task, JudgeRewards]:
         """What scores training completions: the judge's tournaments, or the task's verifier."""
         return self.rewards or self.task
 
     def reward_metrics(self) -> dict[str, float]:
-        return self.rewards.metrics() if self.rewards else {}
+        """The judge's metrics of the last step, over every process (a collective under torchrun)."""
+        return combine(self.dist.gather([self.rewards.metrics()])) if self.rewards else {}
 
     def answer_text(self, completion: list[int]) -> str:
         """The text the task grades: a hybrid response's answer part, else the whole completion."""
@@ -125,7 +126,7 @@ def _judge_rewards(cfg: Config, compute: Compute, d: Dist, run_dir: Optional[Pat
                                                     else "judge_cache.jsonl")
     judge = build_judge(j, sampling=compute.sampling, seed=seed, cache=cache)
     return JudgeRewards(task, PairJudge(judge, j.order, seed), j.reward, opponents=j.opponents, votes=j.votes,
-                        seed=seed)
+                        rating=j.rating, seed=seed)
 
 
 def _build(cfg: Any, compute: Compute, task: Task, max_new_tokens: int, d: Dist, weights: Optional[str]) -> Run:

@@ -29,6 +29,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, float]:
     rundir.check_writable(out_dir)  # before minutes of loading and sampling, not after
     run = setup(cfg, max_new_tokens=cfg.max_new_tokens)
     out_dir.mkdir(parents=True, exist_ok=True)
+    judge = _judge(cfg, run, out_dir) if cfg.judge.enabled else None  # a bad judge fails before the sampling
     done: list[Sample] = []
     try:
         with open(out_dir / "samples.jsonl", "w") as samples_file:
@@ -47,8 +48,11 @@ def run_eval(cfg: EvalConfig) -> dict[str, float]:
                                             greedy=cfg.greedy, batch_size=cfg.batch_size,
                                             repetition=(cfg.repetition.n, cfg.repetition.min_count),
                                             on_samples=keep, progress=cfg.run.progress)
-                if cfg.judge.enabled:  # best-of-n: the judge picks one of each problem's n samples
-                    metrics.update(_judge_picks(cfg, run, samples, out_dir))
+                if judge is not None:  # best-of-n: the judge picks one of each problem's n samples
+                    picked, picks = best_of_n(samples, judge, cfg.judge.select, votes=cfg.judge.votes,
+                                              rating=cfg.judge.rating, seed=cfg.run.seed)
+                    metrics.update(picked)
+                    (out_dir / "picks.json").write_text(json.dumps(picks, indent=1))
     except KeyboardInterrupt:
         _finish(cfg, run, out_dir, _complete_problems(done, cfg, run), started, interrupted=True)
         raise
@@ -57,13 +61,14 @@ def run_eval(cfg: EvalConfig) -> dict[str, float]:
     return _finish(cfg, run, out_dir, metrics, started)
 
 
-def _judge_picks(cfg: EvalConfig, run: Run, samples: list[Sample], out_dir: Path) -> dict[str, float]:
-    j = cfg.judge
-    judge = PairJudge(build_judge(j, sampling=run.compute.sampling, seed=cfg.run.seed,
-                                  cache=out_dir / "judge_cache.jsonl"), j.order, cfg.run.seed)
-    metrics, picks = best_of_n(samples, judge, j.select, votes=j.votes, seed=cfg.run.seed)
-    (out_dir / "picks.json").write_text(json.dumps(picks, indent=1))
-    return metrics
+def _judge(cfg: EvalConfig, run: Run, out_dir: Path) -> PairJudge:
+    try:
+        judge = build_judge(cfg.judge, sampling=run.compute.sampling, seed=cfg.run.seed,
+                            cache=out_dir / "judge_cache.jsonl")
+    except BaseException:
+        run.close()
+        raise
+    return PairJudge(judge, cfg.judge.order, cfg.run.seed)
 
 
 def _complete_problems(samples: list, cfg: EvalConfig, run: Run) -> dict[str, float]:

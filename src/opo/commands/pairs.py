@@ -12,7 +12,7 @@ import json
 import random
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from opo import jsonl
 from opo.config import PairsConfig

@@ -7,9 +7,10 @@ fails becomes a ``timeout`` or ``error`` judgment, so :meth:`HTTPJudge.judge` ne
 server. Its worst case is about ``ceil(n / concurrency) * (retries + 1) * (timeout + backoff)``.
 
 Answers are cached (in memory, and appended as JSONL to ``cache_path`` when given) under a hash of the
-judge's name, its sampling settings, the messages sent and the item's occurrence index in the call: the
-k-th copy of an item in one call is a separate sample (majority votes stay independent), while a rerun
-of the same batch (a resumed run) reuses every answer. Only answers are cached, never failures; the
+judge's name, its sampling settings, the messages sent, the seed of :meth:`HTTPJudge.reseed` and the
+item's occurrence index in the call: the k-th copy of an item in one call is a separate sample (majority
+votes stay independent), so is the same item under another seed (another step), while a rerun of the
+same batch under the same seed (a resumed run) reuses every answer. Only answers are cached, never failures; the
 cache keeps the judge's text and re-reads its verdict on load.
 """
 
@@ -75,6 +76,7 @@ class HTTPJudge:
         # the client's own retries are off: ours count them and give up into a judgment
         self._client = openai.OpenAI(base_url=base_url, api_key=self._key, timeout=timeout, max_retries=0)
         self._lock = threading.Lock()  # counts are updated from the worker threads
+        self._salt = 0  # set by reseed: the same request in another step or tournament is a new sample
         self._cache: dict[str, str] = {}
         self._cache_path = Path(cache_path) if cache_path is not None else None
         if self._cache_path is not None and self._cache_path.exists():
@@ -83,6 +85,12 @@ class HTTPJudge:
     def __repr__(self) -> str:
         return f"HTTPJudge({self.name!r}, temperature={self.temperature}, max_tokens={self.max_tokens})"
 
+    def reseed(self, value: int) -> None:
+        """Key later answers by ``value`` too: a comparison asked again under another value (the next
+        training step, another tournament) is sampled afresh, while the same value (a resumed step)
+        finds its answers in the cache."""
+        self._salt = value
+
     def judge(self, items: list[tuple[str, str, str]]) -> list[Judgment]:
         """One judgment per (query, response 1, response 2), in order; cached answers are reused and
         the rest asked ``concurrency`` at a time."""
@@ -90,7 +98,7 @@ class HTTPJudge:
         keys, messages = [], []
         for query, r1, r2 in items:
             msgs = judge_messages(query, r1, r2, self.template, self.system_prompt)
-            base = json.dumps([self.name, self.temperature, self.max_tokens, msgs])
+            base = json.dumps([self.name, self.temperature, self.max_tokens, msgs, self._salt])
             keys.append(hashlib.sha256(json.dumps([base, seen[base]]).encode()).hexdigest())
             seen[base] += 1
             messages.append(msgs)
@@ -120,7 +128,13 @@ class HTTPJudge:
         return out  # type: ignore[return-value]  # every slot is filled above
 
     def _ask(self, messages: list[dict[str, str]]) -> Union[str, Judgment]:
-        """The judge's text, or the failure's judgment after up to ``retries`` retries."""
+        """The judge's text, or the failure's judgment after up to ``retries`` retries; never raises."""
+        try:
+            return self._try(messages)
+        except Exception as e:  # anything the client library did not foresee: one item's error, not the run's
+            return Judgment(None, self._redact(f"{type(e).__name__}: {e}")[:200], "error")
+
+    def _try(self, messages: list[dict[str, str]]) -> Union[str, Judgment]:
         failure = Judgment(None, "", "error")
         for attempt in range(self.retries + 1):
             if attempt:

@@ -5,6 +5,7 @@ fixed order; both are options here because small judges lean hard on position)."
 from __future__ import annotations
 
 import random
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -43,6 +44,7 @@ class PairJudge:
         self.order = order
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()  # calls, statuses, disagreements, both-order comparisons
+        self.first_failure: Optional[str] = None  # what the first failed call said, for one warning
 
     def reseed(self, value: int) -> None:
         """Restart the order draws, and the judge's sampling where it has a seed, from ``value``."""
@@ -62,6 +64,12 @@ class PairJudge:
         judgments = self.judge.judge(shown) if shown else []
         self.counts["calls"] += len(judgments)
         self.counts.update(f"status/{j.status}" for j in judgments)
+        if self.first_failure is None:
+            failed = next((j for j in judgments if j.status in ("timeout", "error")), None)
+            if failed is not None:
+                self.first_failure = f"{self.judge.name}: {failed.status}" + (f" ({failed.reasoning})"
+                                                                             if failed.reasoning else "")
+                print(f"opo: warning: judge call failed, counted as a tie: {self.first_failure}", file=sys.stderr)
         if self.order != "both":
             return [Verdict(_score(j, f), [j]) for j, f in zip(judgments, firsts)]
         out = []

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from typing import Any, Optional
+from typing import Any
 
 from opo.judges.pairwise import PairJudge
 from opo.judges.tournament import Plan, knockout_plan, play, round_robin_plan
 from opo.metrics import majority_vote
 
 
-def best_of_n(samples: list[Any], judge: PairJudge, tournaments: list[str], *, votes: int = 1,
+def best_of_n(samples: list[Any], judge: PairJudge, tournaments: list[str], *, votes: int = 1, rating: str = "elo",
               seed: int = 0) -> tuple[dict[str, float], dict[str, dict[int, int]]]:
     """Metrics ``eval/pick_<name>`` for each tournament plus ``pick_oracle``, ``pick_majority``,
     ``pick_random`` and the judge's counts; and each tournament's pick (sample index within its
@@ -32,9 +32,10 @@ def best_of_n(samples: list[Any], judge: PairJudge, tournaments: list[str], *, v
     picks: dict[str, dict[int, int]] = {}
     for name in tournaments:
         before = dict(judge.counts)
+        judge.reseed(seed + len(picks))  # each tournament samples its own verdicts (no cache reuse)
         rng = random.Random(f"{seed}:{name}")
         plans: list[Plan] = [knockout_plan(len(g), votes=votes, rng=rng) if name == "knockout"
-                             else round_robin_plan(len(g), rng=rng) for g in groups]
+                             else round_robin_plan(len(g), rating=rating, rng=rng) for g in groups]
 
         def compare(requests: list[tuple[int, int, int]]) -> list[float]:
             return [v.score for v in judge.compare([(groups[k][i].prompt, groups[k][i].completion,

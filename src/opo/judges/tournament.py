@@ -159,6 +159,8 @@ def round_robin_plan(n: int, *, rating: Literal["elo", "bt"] = "elo", k: float =
 
 def _bradley_terry(n: int, games: list[tuple[tuple[int, int], float]], initial: float, scale: float,
                    iterations: int = 200) -> list[float]:
+    if not games:
+        return [initial] * n
     won = [0.0] * n
     met = [[0.0] * n for _ in range(n)]
     for (i, j), s in games:
@@ -168,20 +170,21 @@ def _bradley_terry(n: int, games: list[tuple[tuple[int, int], float]], initial: 
         met[j][i] += 2
     p = [1.0] * n
     for _ in range(iterations):
-        p = [won[i] / sum(met[i][j] / (p[i] + p[j]) for j in range(n) if met[i][j]) if won[i] else p[i]
-             for i in range(n)]
+        p = [won[i] / sum(met[i][j] / (p[i] + p[j]) for j in range(n) if met[i][j]) for i in range(n)]
         g = math.exp(sum(math.log(x) for x in p) / n)
         p = [x / g for x in p]
     return [initial + scale * math.log10(x) for x in p]
 
 
 def reward_plan(n: int, mode: Literal["knockout", "elo", "wins"], *, opponents: int = 2, votes: int = 1,
-                rng: Optional[random.Random] = None) -> Plan:
+                rating: Literal["elo", "bt"] = "elo", rng: Optional[random.Random] = None) -> Plan:
     """A tournament among n responses to one prompt whose ``scores`` are rewards in [0, 1].
 
-    ``knockout``: rounds survived / ceil(log2 n) (the winner 1, first-round losers 0); ``elo``: each
-    rating's expected score against the group's mean rating, 1 / (1 + 10^((mean - R) / 400));
-    ``wins``: mean score against ``opponents`` others drawn at random (ties 0.5). One response: 0.5.
+    ``knockout``: rounds survived / ceil(log2 n) (the winner 1, first-round losers 0); ``elo``: the
+    round robin's ratings (``rating``) spread over [0, 1] within the group, (R - min) / (max - min),
+    so the best scores 1 and the worst 0 as in a knockout (the raw expected scores of K = 8 span
+    only about 0.37 to 0.64); ``wins``: mean score against ``opponents`` others drawn at random
+    (ties 0.5). A group whose ratings are all equal, and a single response, score 0.5.
     """
     rng = rng or random.Random(0)
     if n == 1:
@@ -190,9 +193,10 @@ def reward_plan(n: int, mode: Literal["knockout", "elo", "wins"], *, opponents: 
         s = yield from knockout_plan(n, votes=votes, rng=rng)
         return Standing(s.ranking, [w / math.ceil(math.log2(n)) for w in s.scores], s.calls)
     if mode == "elo":
-        s = yield from round_robin_plan(n, rng=rng)
-        mean = sum(s.scores) / n
-        return Standing(s.ranking, [1.0 / (1.0 + 10 ** ((mean - r) / 400.0)) for r in s.scores], s.calls)
+        s = yield from round_robin_plan(n, rating=rating, rng=rng)
+        low, high = min(s.scores), max(s.scores)
+        spread = [(r - low) / (high - low) if high > low else 0.5 for r in s.scores]
+        return Standing(s.ranking, spread, s.calls)
     if mode != "wins":
         raise ValueError(f"judge reward mode must be knockout, elo or wins, got {mode!r}")
     pairs = [(i, j) for i in range(n) for j in rng.sample([c for c in range(n) if c != i], min(opponents, n - 1))]
