@@ -327,8 +327,9 @@ def _console_line(row: dict[str, Any]) -> str:
             f"gen {row['time/generate']:.1f}s  train {row['time/train']:.1f}s"
             + (f"  think_wins {row['mode/think_wins']:.2f}  p_think {row['mode/p_think']:.3f}" if "mode/p_think" in row
                else "")
-            + (f"  judge: verifier_acc {row['judge/verifier_accuracy']:.3f}  no_verdict {row['judge/no_verdict']:.0f}"
-               f"/{row['judge/calls']:.0f}" if "judge/calls" in row else "")
+            + (f"  judge: verifier_acc {row['judge/verifier_accuracy']:.3f}  calls {row['judge/calls']:.0f}  "
+               f"no_verdict {row['judge/no_verdict']:.0f}  failed {row['judge/failures']:.0f}" if "judge/calls" in row
+               else "")
             + (f"  eval_acc {row['eval/accuracy']:.3f}" if "eval/accuracy" in row else ""))
 
 
