@@ -291,8 +291,10 @@ def test_preference_task_rewards_plus_minus_one_and_randomises_the_order(tmp_pat
     held = task.eval_examples()
     assert len(held) == 10 and {e.metadata["chosen_shown"] for e in held} == {"1", "2"}
     ex = [task.train_example(i) for i in range(60)]
-    assert 15 < sum(e.reference == "1" for e in ex) < 45
     assert [e.reference for e in ex] == [task.train_example(i).reference for i in range(60)]  # fixed by position
+    for a, b in zip(ex[::2], ex[1::2]):  # positions 2i, 2i+1: one pair, both orders
+        assert a.metadata["row"] is b.metadata["row"] and {a.reference, b.reference} == {"1", "2"}
+    assert 8 < sum(e.reference == "1" for e in ex[::2]) < 22  # which order comes first is drawn per pair
     e = ex[0]
     text = e.messages[-1]["content"]
     assert (text.index("good") < text.index("bad")) == (e.reference == "1")

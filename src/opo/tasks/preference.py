@@ -4,9 +4,13 @@ included).
 
 Rows are JSONL objects ``{"query": ..., "chosen": ..., "rejected": ...}``. Each example shows the
 pair in the judge prompt (:func:`opo.judges.verdict.judge_messages`) with the chosen response as
-Assistant 1 or 2 at random: per training position (so the order changes from one pass to the next,
-and a resumed run draws the same), and once per held-out row. ``metadata["chosen_shown"]`` says
-which, so evaluation reports accuracy per position: the judge's position bias.
+Assistant 1 or 2. Training positions come in twos: positions 2i and 2i + 1 show the same pair in
+both orders (which comes first is drawn per pair and pass, so a resumed run draws the same), so a
+step of an even number of prompts holds each pair once in each order and the gradient towards a
+position cancels; only telling the responses apart pays. (With one order per pair, as a first
+version had it, a 135M judge drifted to always naming one position.) Held-out rows get one order
+each, drawn once. ``metadata["chosen_shown"]`` says which, so evaluation reports accuracy per
+position: the judge's position bias.
 """
 
 from __future__ import annotations
@@ -60,8 +64,10 @@ class PreferenceTask(MathTask):
 
     def train_example(self, index: int) -> Example:
         self._check_trainable()
-        row = self._train_rows[index % len(self._train_rows)]
-        return self._pair(row, random.Random(f"{self.seed}:{index}").random() < 0.5)
+        pair = index // 2
+        row = self._train_rows[pair % len(self._train_rows)]
+        first = random.Random(f"{self.seed}:{pair}").random() < 0.5
+        return self._pair(row, first if index % 2 == 0 else not first)
 
     def answer(self, completion: str) -> Optional[str]:
         choice, _ = parse_verdict(completion)
