@@ -19,18 +19,21 @@ def main(out: Path) -> None:
         m = metrics(out / name / "summary.json")
         print(f"policy answers ({name}): {int(m['eval/n'])} problems, avg@8 {m['eval/avg@n']:.1%}, "
               f"pass@8 {m['eval/pass@8']:.1%}" + (f", greedy {m['eval/accuracy']:.1%}" if "eval/accuracy" in m else ""))
-    judge = json.loads((out / "judge" / "summary.json").read_text())
+    runs = {"judge_v1": "OPO 40 steps, one order per pair (v1)", "judge": "OPO 40 steps, both orders per step"}
+    summaries = {k: json.loads((out / k / "summary.json").read_text()) for k in runs if (out / k / "summary.json").exists()}
     print("\n| judge | held-out pairwise accuracy (greedy) | chosen shown 1st | chosen shown 2nd | no verdict |")
     print("|---|---|---|---|---|")
-    for label, m in (("embedded, untrained", metrics(out / "pairwise_embedded" / "summary.json")),
-                     ("format SFT (random verdicts)", judge.get("before", {})),
-                     ("format SFT + OPO, 40 steps", judge.get("after", {}))):
+    rows = [("embedded, untrained (64 tokens)", metrics(out / "pairwise_embedded" / "summary.json")),
+            ("format SFT (random verdicts)", summaries.get("judge_v1", {}).get("before", {}))]
+    rows += [(label, summaries[k]["after"]) for k, label in runs.items() if k in summaries]
+    for label, m in rows:
         if m:
             print(f"| {label} | {m['eval/accuracy']:.1%} | {m.get('eval/by_chosen_shown/1/accuracy', 0):.1%} | "
                   f"{m.get('eval/by_chosen_shown/2/accuracy', 0):.1%} | {m['eval/no_answer']:.1%} |")
-    rows = [json.loads(line) for line in open(out / "judge" / "metrics.jsonl")]
-    curve = [(r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
-    print("\nheld-out pairwise accuracy by step: " + ", ".join(f"{s}: {a:.1%}" for s, a in curve))
+    for k in summaries:
+        curve = [(r["step"], r["eval/accuracy"]) for r in map(json.loads, open(out / k / "metrics.jsonl"))
+                 if "eval/accuracy" in r]
+        print(f"{k}: held-out pairwise accuracy by step: " + ", ".join(f"{s}: {a:.1%}" for s, a in curve))
     for name in ("format", "judge"):
         m = metrics(out / f"pairwise_{name}_sampled" / "summary.json")
         if m:
