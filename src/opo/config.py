@@ -205,12 +205,13 @@ class JudgeConfig:
         if self.votes > 1 and self.temperature == 0:
             raise ConfigError(f"judge.votes={self.votes} asks a greedy judge (judge.temperature=0) the same question "
                               "several times: every vote would be the same; set judge.temperature > 0 or votes=1")
-        if len(set(self.select)) != len(self.select):
-            raise ConfigError(f"judge.select lists a tournament twice: {self.select}")
+
         if self.template is not None and (problem := check_template(self.template)):
             raise ConfigError(f"judge.template: {problem}")
         for name in self.select:
             _choice("judge.select", name, ["knockout", "elo"])
+        if len(set(self.select)) != len(self.select):
+            raise ConfigError(f"judge.select lists a tournament twice: {self.select}")
 
 
 @dataclass
