@@ -32,29 +32,35 @@ PREF=(task=preference task.data_path=$OUT/pairs_all.jsonl task.eval_size=$H)
   sft.batch_tokens=4096 run.threads=2 run.progress=false run.dir=$OUT/format_sft > $OUT/format_sft.log 2>&1
 FORMAT=$(last_checkpoint $OUT/format_sft)
 
-# 4. OPO on the preference task: 8 prompts (4 pairs, each in both orders) x 8 verdicts per step; held-out
-#    pairwise accuracy before, every 10 steps and after. (runs/demo-judge/judge_v1 in docs/judges.md is this
-#    stage under the first version of the task, one order per pair: git checkout 6bbfb87)
-[ -f $OUT/judge/summary.json ] || .venv/bin/opo train model.path=$FORMAT "${PREF[@]}" rollout.max_new_tokens=16 \
-  train.eval_max_new_tokens=16 train.steps=40 train.eval_every=10 checkpoint.every=10 run.threads=2 run.progress=false \
-  run.dir=$OUT/judge > $OUT/judge.log 2>&1
-JUDGE=$(last_checkpoint $OUT/judge)
-
-# 5. held-out pairwise accuracy of sampled verdicts (8 per pair, temperature 1), and of the untrained model
-for name in format judge; do
-  model=$([ $name = format ] && echo $FORMAT || echo $JUDGE)
-  [ -f $OUT/pairwise_${name}_sampled/summary.json ] || .venv/bin/opo eval model.path=$model "${PREF[@]}" n=8 k=1,8 \
+# 4. OPO on the preference task, 8 prompts x 8 verdicts per step; held-out pairwise accuracy before, every 10
+#    steps and after. judge_v1: each training example shows its pair in a random order; judge: a step shows
+#    4 pairs, each in both orders (task.pair_orders=both, the default)
+train_judge() {  # run name, then settings
+  local name=$1; shift
+  [ -f $OUT/$name/summary.json ] || .venv/bin/opo train model.path=$FORMAT "${PREF[@]}" "$@" rollout.max_new_tokens=16 \
+    train.eval_max_new_tokens=16 train.steps=40 train.eval_every=10 checkpoint.every=10 run.threads=2 run.progress=false \
+    run.dir=$OUT/$name > $OUT/$name.log 2>&1
+}
+# 5. held-out pairwise accuracy of sampled verdicts (8 per pair, temperature 1)
+pairwise_sampled() {  # run name, model
+  [ -f $OUT/pairwise_$1_sampled/summary.json ] || .venv/bin/opo eval model.path=$2 "${PREF[@]}" n=8 k=1,8 \
     temperature=1.0 greedy=false max_new_tokens=16 run.threads=2 run.progress=false \
-    run.dir=$OUT/pairwise_${name}_sampled > $OUT/pairwise_${name}_sampled.log 2>&1
-done
+    run.dir=$OUT/pairwise_$1_sampled > $OUT/pairwise_$1_sampled.log 2>&1
+}
+# 6. best-of-8 on the first 50 held-out problems (the same samples for each judge: same seed), greedy verdicts
+best_of_8() {  # run name, judge model
+  [ -f $OUT/bo8_$1/summary.json ] || .venv/bin/opo eval "${SAMPLE[@]}" task.eval_size=50 greedy=false \
+    judge.backend=local judge.model=$2 judge.max_new_tokens=16 judge.temperature=0 \
+    run.dir=$OUT/bo8_$1 > $OUT/bo8_$1.log 2>&1
+}
+train_judge judge_v1 task.pair_orders=random
+best_of_8 format $FORMAT
+best_of_8 judge_v1 "$(last_checkpoint $OUT/judge_v1)"
+pairwise_sampled format $FORMAT
+pairwise_sampled judge_v1 "$(last_checkpoint $OUT/judge_v1)"
 [ -f $OUT/pairwise_embedded/summary.json ] || .venv/bin/opo eval "${PREF[@]}" n=0 max_new_tokens=64 run.threads=2 \
   run.progress=false run.dir=$OUT/pairwise_embedded > $OUT/pairwise_embedded.log 2>&1
-
-# 6. best-of-8 on the first 50 held-out problems (the same samples for each judge: same seed)
-for name in format judge; do
-  model=$([ $name = format ] && echo $FORMAT || echo $JUDGE)
-  [ -f $OUT/bo8_$name/summary.json ] || .venv/bin/opo eval "${SAMPLE[@]}" task.eval_size=50 greedy=false \
-    judge.backend=local judge.model=$model judge.max_new_tokens=16 judge.temperature=0 \
-    run.dir=$OUT/bo8_$name > $OUT/bo8_$name.log 2>&1
-done
-echo "done: $OUT/{pool,heldout,format_sft,judge,pairwise_*,bo8_format,bo8_judge}/summary.json"
+train_judge judge
+pairwise_sampled judge "$(last_checkpoint $OUT/judge)"
+best_of_8 judge "$(last_checkpoint $OUT/judge)"
+echo "done: $OUT/{pool,heldout,format_sft,judge_v1,judge,pairwise_*,bo8_*}/summary.json"

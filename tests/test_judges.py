@@ -295,6 +295,10 @@ def test_preference_task_rewards_plus_minus_one_and_randomises_the_order(tmp_pat
     for a, b in zip(ex[::2], ex[1::2]):  # positions 2i, 2i+1: one pair, both orders
         assert a.metadata["row"] is b.metadata["row"] and {a.reference, b.reference} == {"1", "2"}
     assert 8 < sum(e.reference == "1" for e in ex[::2]) < 22  # which order comes first is drawn per pair
+    one = PreferenceTask(str(tmp_path / "p.jsonl"), None, None, 0, 1, 10, pair_orders="random")
+    drawn = [one.train_example(i) for i in range(60)]
+    assert [e.metadata["row"]["query"] for e in drawn[:3]] == ["q10", "q11", "q12"]  # a pair per position
+    assert 15 < sum(e.reference == "1" for e in drawn) < 45
     e = ex[0]
     text = e.messages[-1]["content"]
     assert (text.index("good") < text.index("bad")) == (e.reference == "1")

@@ -65,6 +65,7 @@ class TaskConfig:
     prompt_template: Optional[str] = doc(None, "user message; only {question} is replaced, other braces stay as written (preference: {query}, {response_1}, {response_2}); null: the task's default")
     system_prompt: Optional[str] = doc(None, "system message; null keeps the chat template's default")
     extractor: Optional[str] = doc(None, "answer extraction; reasoning_gym: first_number (default) | last_number | full; math: math (default) | boxed")
+    pair_orders: Literal["both", "random"] = doc("both", "preference: both (training positions 2i and 2i+1 show one pair in both orders, so a step's pull towards a position cancels) or random (one random order per training example)")
     binary_reward: bool = doc(True, "reasoning_gym: reward 1 for a fully correct answer, else 0 (no partial credit)")
     seed: int = doc(0, "reasoning_gym: seed of the training problem stream")
     eval_seed: int = doc(1, "reasoning_gym: seed of the held-out set")

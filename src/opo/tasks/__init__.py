@@ -32,7 +32,7 @@ def _named_task(t: TaskConfig, for_training: bool) -> Task:
         )
     if t.name == "preference":
         return PreferenceTask(t.data_path, t.prompt_template, t.system_prompt, t.seed, t.eval_seed, t.eval_size,
-                              t.skip_bad_rows, t.exclude_eval, for_training)
+                              t.skip_bad_rows, t.exclude_eval, for_training, t.pair_orders)
     return MathTask(
         t.name, t.data_path, t.question_field, t.answer_field, t.answer_format, t.prompt_template, t.system_prompt,
         t.extractor, t.eval_size, t.grader_workers, t.grader_timeout, t.skip_bad_rows, exclude_eval=t.exclude_eval,

@@ -4,12 +4,12 @@ included).
 
 Rows are JSONL objects ``{"query": ..., "chosen": ..., "rejected": ...}``. Each example shows the
 pair in the judge prompt (:func:`opo.judges.verdict.judge_messages`) with the chosen response as
-Assistant 1 or 2. Training positions come in twos: positions 2i and 2i + 1 show the same pair in
-both orders (which comes first is drawn per pair and pass, so a resumed run draws the same), so a
-step of an even number of prompts holds each pair once in each order and the gradient towards a
-position cancels; only telling the responses apart pays. (With one order per pair, as a first
-version had it, a 135M judge drifted to always naming one position.) Held-out rows get one order
-each, drawn once. ``metadata["chosen_shown"]`` says which, so evaluation reports accuracy per
+Assistant 1 or 2. With ``pair_orders="both"`` training positions come in twos: positions 2i and
+2i + 1 show the same pair in both orders (which comes first is drawn per pair and pass, so a
+resumed run draws the same), so a step of an even number of prompts holds each pair once in each
+order and the gradient towards a position cancels; only telling the responses apart pays. With
+``"random"`` each training position draws its own order (a 135M judge trained so drifted to always
+naming one position, docs/judges.md). Held-out rows get one order each, drawn once. ``metadata["chosen_shown"]`` says which, so evaluation reports accuracy per
 position: the judge's position bias.
 """
 
@@ -42,12 +42,12 @@ class PreferenceTask(MathTask):
 
     def __init__(self, path: Optional[str], template: Optional[str], system_prompt: Optional[str], seed: int,
                  eval_seed: int, eval_size: int, skip_bad_rows: bool = False, exclude_eval: bool = True,
-                 for_training: bool = False) -> None:
+                 for_training: bool = False, pair_orders: str = "both") -> None:
         if not path:
             raise ValueError("task.name=preference needs task.data_path: a JSONL file of "
                              '{"query": ..., "chosen": ..., "rejected": ...} rows')
         self.template = template or DEFAULT_TEMPLATE
-        self.seed, self.eval_seed = seed, eval_seed
+        self.seed, self.eval_seed, self.pair_orders = seed, eval_seed, pair_orders
         super().__init__("preference", path, None, None, None, None, system_prompt, None, eval_size,
                          grader_workers=1, skip_bad_rows=skip_bad_rows, exclude_eval=exclude_eval,
                          for_training=for_training, parse=parse_pair)
@@ -64,6 +64,9 @@ class PreferenceTask(MathTask):
 
     def train_example(self, index: int) -> Example:
         self._check_trainable()
+        if self.pair_orders == "random":
+            row = self._train_rows[index % len(self._train_rows)]
+            return self._pair(row, random.Random(f"{self.seed}:{index}").random() < 0.5)
         pair = index // 2
         row = self._train_rows[pair % len(self._train_rows)]
         first = random.Random(f"{self.seed}:{pair}").random() < 0.5
