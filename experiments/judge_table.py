@@ -34,13 +34,13 @@ def main(out: Path) -> None:
         curve = [(r["step"], r["eval/accuracy"]) for r in map(json.loads, open(out / k / "metrics.jsonl"))
                  if "eval/accuracy" in r]
         print(f"{k}: held-out pairwise accuracy by step: " + ", ".join(f"{s}: {a:.1%}" for s, a in curve))
-    for name in ("format", "judge"):
+    for name in ("format", "judge_v1", "judge"):
         m = metrics(out / f"pairwise_{name}_sampled" / "summary.json")
         if m:
             print(f"sampled verdicts ({name}): avg@8 {m['eval/avg@n']:.1%}, maj@8 {m['eval/maj@8']:.1%}")
     print("\n| best-of-8 judge | oracle (pass@8) | majority | random | knockout | ELO | judge calls (knockout / ELO) |")
     print("|---|---|---|---|---|---|---|")
-    for name in ("format", "judge"):
+    for name in ("format", "judge_v1", "judge"):
         m = metrics(out / f"bo8_{name}" / "summary.json")
         if m:
             print(f"| {name} | {m['eval/pick_oracle']:.1%} | {m['eval/pick_majority']:.1%} | {m['eval/pick_random']:.1%} | "
