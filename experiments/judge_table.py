@@ -19,13 +19,13 @@ def main(out: Path) -> None:
         m = metrics(out / name / "summary.json")
         print(f"policy answers ({name}): {int(m['eval/n'])} problems, avg@8 {m['eval/avg@n']:.1%}, "
               f"pass@8 {m['eval/pass@8']:.1%}" + (f", greedy {m['eval/accuracy']:.1%}" if "eval/accuracy" in m else ""))
-    runs = {"judge_v1": "OPO 40 steps, one order per pair (v1)", "judge": "OPO 40 steps, both orders per step"}
+    runs = {"judge_v1": "OPO 40 steps, one random order per example", "judge": "OPO, both orders per step"}
     summaries = {k: json.loads((out / k / "summary.json").read_text()) for k in runs if (out / k / "summary.json").exists()}
     print("\n| judge | held-out pairwise accuracy (greedy) | chosen shown 1st | chosen shown 2nd | no verdict |")
     print("|---|---|---|---|---|")
     rows = [("embedded, untrained (64 tokens)", metrics(out / "pairwise_embedded" / "summary.json")),
             ("format SFT (random verdicts)", summaries.get("judge_v1", {}).get("before", {}))]
-    rows += [(label, summaries[k]["after"]) for k, label in runs.items() if k in summaries]
+    rows += [(label, summaries[k]["after"]) for k, label in runs.items() if "after" in summaries.get(k, {})]
     for label, m in rows:
         if m:
             print(f"| {label} | {m['eval/accuracy']:.1%} | {m.get('eval/by_chosen_shown/1/accuracy', 0):.1%} | "
