@@ -143,16 +143,8 @@ def rl_step(run: Run, data_pos: int, step: int, measure_shift: bool = False
 
     # 2. Verifiable rewards; every process then gets the whole batch (token ids and rewards, a few KB).
     t0 = time.time()
-    texts = [shown_text(tok, r.completion) if run.modes else decode(tok, r.completion) for r in batch.rollouts]
-    graded = run.grader.grade([run.answer_text(r.completion) for r in batch.rollouts],
-                            [examples[r.group] for r in batch.rollouts])
+    batch, texts, graded, scores = _score(run, batch, examples)
     t_reward = time.time() - t0
-    scored = d.gather(list(zip(batch.rollouts, texts, graded)))
-    batch = RolloutBatch([r for r, _, _ in scored])
-    texts, graded = [t for _, t, _ in scored], [g for _, _, g in scored]
-    truncated = cfg.truncated_reward()  # a cut-off completion: None grades it as it is
-    scores = [truncated if truncated is not None and r.finish == "length" else g.reward
-              for r, g in zip(batch.rollouts, graded)]
     rewards = torch.tensor(scores)  # (N,)
 
     # 3. Advantages from the registered estimator, 4. one on-policy update.
@@ -185,6 +177,23 @@ def rl_step(run: Run, data_pos: int, step: int, measure_shift: bool = False
                 "finish": r.finish, **({"mode": MODE_NAMES[run.modes.mode_of(r.completion)]} if run.modes else {})}
                for text, r, g, score in zip(texts, batch.rollouts, graded, scores)]
     return row, samples
+
+
+def _score(run: Run, batch: RolloutBatch, examples: dict[int, Any]
+           ) -> tuple[RolloutBatch, list[str], list[Any], list[float]]:
+    """Grade this process's rollouts, then gather the whole batch: rollouts, shown texts, verdicts and
+    rewards (a completion cut off at the length limit gets rollout.truncated_reward, unless 'grade')."""
+    tok = run.tok
+    texts = [shown_text(tok, r.completion) if run.modes else decode(tok, r.completion) for r in batch.rollouts]
+    graded = run.grader.grade([run.answer_text(r.completion) for r in batch.rollouts],
+                              [examples[r.group] for r in batch.rollouts])
+    scored = run.dist.gather(list(zip(batch.rollouts, texts, graded)))
+    batch = RolloutBatch([r for r, _, _ in scored])
+    texts, graded = [t for _, t, _ in scored], [g for _, _, g in scored]
+    truncated = run.cfg.truncated_reward()  # a cut-off completion: None grades it as it is
+    scores = [truncated if truncated is not None and r.finish == "length" else g.reward
+              for r, g in zip(batch.rollouts, graded)]
+    return batch, texts, graded, scores
 
 
 def _margin(estimator: Callable, params: dict[str, Any]) -> float:
