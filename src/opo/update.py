@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import torch
 from transformers import PreTrainedModel
 
-from opo.algos.losses import KL_ESTIMATORS, POLICY_LOSSES, aggregate
+from opo.algos.losses import KL_ESTIMATORS, POLICY_LOSSES, ROLLOUT_CORRECTIONS, aggregate
 from opo.config import AlgoConfig
 from opo.distributed import Dist, full_tensor, run
 from opo.logprobs import PromptBatch, completion_logprobs, decoder_calls
@@ -33,12 +33,15 @@ def autocast_context(precision: str) -> contextlib.AbstractContextManager:
 @dataclass(frozen=True)
 class Scoring:
     """How the trainer scores completions: the sampler's temperature, the compute precision, the
-    fp32 output layer, and the token budget of one micro-batch."""
+    fp32 output layer, the token budget of one micro-batch, and the rollout correction (a
+    :data:`~opo.algos.losses.ROLLOUT_CORRECTIONS` name or ``none``) with its threshold."""
 
     temperature: float = 1.0
     precision: str = "fp32"
     fp32_head: bool = True
     micro_batch_tokens: int = 4096
+    correction: str = "none"
+    correction_threshold: float = 2.0
 
 
 @dataclass
@@ -229,7 +232,8 @@ class _Pass:
     gap_max: float = 0.0
     counts: Counter = field(default_factory=lambda: Counter({"passes/train_forward": 0}))
     sums: Counter = field(default_factory=lambda: Counter(
-        dict.fromkeys(("loss", "tokens", "entropy", "clipped", "logprob_gap", "kl"), 0.0)))
+        dict.fromkeys(("loss", "tokens", "entropy", "clipped", "logprob_gap", "logprob_gap_signed", "gap_over",
+                       "is_weight", "is_affected", "kl"), 0.0)))
 
 
 def _micro_batch(p: _Pass, groups: list[int], real: bool, calls: int) -> None:
@@ -247,6 +251,10 @@ def _micro_batch(p: _Pass, groups: list[int], real: bool, calls: int) -> None:
     old = None if p.old_logp is None else p.old_logp[rows, :width]
     token_loss, clipped = POLICY_LOSSES.get(algo.loss)(logp, old, data.advantages[rows, :width],
                                                        **algo.loss_params)  # (n, width)
+    # the sampler's log-probs against the trainer's policy at rollout time: pi_old off-policy, else pi itself
+    log_ratio = (logp.detach() if old is None else old) - data.sampler_logp[rows, :width]  # (n, width)
+    weights, affected = _correction(p.scoring, log_ratio, mask)
+    token_loss = token_loss * weights
     if p.ref_logp is not None:
         kl = KL_ESTIMATORS.get(algo.kl_estimator)(logp, p.ref_logp[rows, :width])
         token_loss = token_loss + algo.kl_coef * kl
@@ -255,11 +263,22 @@ def _micro_batch(p: _Pass, groups: list[int], real: bool, calls: int) -> None:
         token_loss = token_loss - algo.entropy_coef * ent
     loss = aggregate(token_loss, mask, algo.aggregation, p.n_tokens, p.n_seqs)
     loss.backward()
-    gap = (logp.detach() - data.sampler_logp[rows, :width]).abs() * mask
+    gap = log_ratio.abs() * mask
     p.sums.update({  # Counter.update adds
         "loss": float(loss.detach()), "tokens": float(mask.sum()), "entropy": float((ent.detach() * mask).sum()),
-        "clipped": float((clipped.float() * mask).sum()), "logprob_gap": float(gap.sum())})
+        "clipped": float((clipped.float() * mask).sum()), "logprob_gap": float(gap.sum()),
+        "logprob_gap_signed": float((log_ratio * mask).sum()),
+        "gap_over": float((gap > math.log(p.scoring.correction_threshold)).sum()),
+        "is_weight": float((weights * mask).sum()), "is_affected": float(affected.sum())})
     p.gap_max = max(p.gap_max, float(gap.max()))
+
+
+def _correction(scoring: Scoring, log_ratio: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Importance weights ``(n, width)`` of the policy-gradient term and the tokens they truncated or
+    masked; weight 1 and none affected without a correction (exact on-policy)."""
+    if scoring.correction == "none":
+        return torch.ones_like(mask), torch.zeros_like(mask, dtype=torch.bool)
+    return ROLLOUT_CORRECTIONS.get(scoring.correction)(log_ratio, mask, scoring.correction_threshold)
 
 
 def _metrics(p: _Pass, grad_norms: list[float], dist: Dist) -> dict[str, float]:
@@ -275,12 +294,17 @@ def _metrics(p: _Pass, grad_norms: list[float], dist: Dist) -> dict[str, float]:
         "clip_frac": sums["clipped"] / tokens,
         "logprob_gap/mean_abs": sums["logprob_gap"] / tokens,
         "logprob_gap/max_abs": gap_max,
+        "logprob_gap/mean": sums["logprob_gap_signed"] / tokens,
+        "logprob_gap/over_threshold": sums["gap_over"] / tokens,
         "grad_norm": sum(grad_norms) / updates,
         "optimizer_steps": float(updates - skipped),
         "skipped_steps": float(skipped),
         "micro_batches": sums["passes/train_forward"] / updates,
         **{k: sums[k] for k in p.counts},
     }
+    if p.scoring.correction != "none":
+        metrics["correction/weight_mean"] = sums["is_weight"] / tokens
+        metrics["correction/affected"] = sums["is_affected"] / tokens
     if p.ref_logp is not None:
         metrics["kl_ref"] = sums["kl"] / tokens
     if "policy_shift/k1" in p.sums:

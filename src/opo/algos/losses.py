@@ -12,6 +12,7 @@ gradient. Aggregation over tokens is a separate step (:func:`aggregate`).
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -23,6 +24,8 @@ PolicyLossFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 POLICY_LOSSES: Registry[PolicyLossFn] = Registry(
     "policy loss", probe=lambda fn, params: fn(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1, 1), **params))
 KL_ESTIMATORS: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("KL estimator")
+CorrectionFn = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
+ROLLOUT_CORRECTIONS: Registry[CorrectionFn] = Registry("rollout correction")
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 
 
@@ -91,6 +94,34 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """k3 = exp(ref - logp) - (ref - logp) - 1: unbiased, non-negative (Schulman 2020)."""
     d = ref_logp - logp
     return torch.exp(d) - d - 1.0
+
+
+@ROLLOUT_CORRECTIONS.register("tis")
+def truncated_is(log_ratio: torch.Tensor, mask: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-level truncated importance sampling: w_t = min(pi(y_t) / mu(y_t), C).
+
+    ``log_ratio`` ``(N, T)`` is log pi - log mu (trainer minus sampler), ``mask`` ``(N, T)`` the
+    response tokens; returns the weights ``(N, T)`` (no gradient) and the truncated tokens ``(N, T)``.
+    Truncation bounds the variance at the cost of a bias (Ionides 2008; applied to sampler/trainer
+    mismatch by Yao et al. 2025, "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training").
+    """
+    ratio = log_ratio.detach().exp()
+    return ratio.clamp(max=threshold) * mask, (ratio > threshold) & mask.bool()
+
+
+@ROLLOUT_CORRECTIONS.register("mis")
+def masked_is(log_ratio: torch.Tensor, mask: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence-level masked importance sampling: w_i = rho_i 1[rho_i <= C], rho_i = prod_t pi(y_t) / mu(y_t).
+
+    A sequence whose ratio exceeds ``threshold`` is left out of the gradient instead of being
+    truncated (Liu et al. 2025, "When Speed Kills Stability: Demystifying RL Collapse from the
+    Training-Inference Mismatch"); every token of a sequence gets its weight. Returns the weights
+    ``(N, T)`` and the masked tokens ``(N, T)``.
+    """
+    m = mask.to(log_ratio.dtype)
+    seq = (log_ratio.detach() * m).sum(-1, keepdim=True)  # (N, 1) log rho_i
+    keep = seq <= math.log(threshold)  # (N, 1)
+    return torch.where(keep, seq.exp(), torch.zeros_like(seq)) * m, ~keep & mask.bool()
 
 
 def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str, n_tokens: float, n_seqs: float) -> torch.Tensor:

@@ -204,7 +204,8 @@ def _margin(estimator: Callable, params: dict[str, Any]) -> float:
 
 def scoring(cfg: Config, run: Run) -> Scoring:
     """How the trainer scores the sampler's completions."""
-    return Scoring(cfg.rollout.temperature, run.compute.precision, cfg.model.fp32_head, cfg.train.micro_batch_tokens)
+    return Scoring(cfg.rollout.temperature, run.compute.precision, cfg.model.fp32_head, cfg.train.micro_batch_tokens,
+                   cfg.correction, cfg.algo.correction_threshold)
 
 
 def _grading_metrics(statuses: list[str]) -> dict[str, float]:

@@ -79,3 +79,7 @@ class Engine(Protocol):
     def sync_weights(self) -> None:
         """Make the next rollouts use the policy's current weights (called after every optimizer step)."""
         ...
+
+    def close(self) -> None:
+        """Release what the engine holds (temporary files, a server)."""
+        ...

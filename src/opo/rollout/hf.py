@@ -71,6 +71,9 @@ class HFEngine:
             for dst, src in zip(self.head.parameters(), policy_head.parameters()):
                 dst.copy_(full_tensor(src))
 
+    def close(self) -> None:
+        """Nothing to release: the engine holds no resources beyond its tensors."""
+
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The model's own logits ``(A, V)``: the output layer, then its family's transform (a softcap,
         a scale), as the trainer's head computes them; the temperature comes after, in :meth:`_sample`."""

@@ -1,0 +1,135 @@
+"""A rollout engine on vLLM, colocated in the training process.
+
+The engine is built from the policy's config alone (``load_format="dummy"``) and takes every
+weight from the live policy through vLLM's in-place reload (``reload_weights``), which also redoes
+the backend's own weight processing (the CPU backend repacks linear layers, so writing into its
+parameters, as TRL does on GPUs, fails there). The first sync happens at construction, so the
+sampler never sees weights the trainer does not have, also after a resume.
+
+Rollouts keep opo's contract: token ids, the sampler's log-probs of the tempered distribution it
+drew from (``logprobs_mode="processed_logprobs"``), ``stop``/``length`` finish reasons, every end
+id of the model, and no sampling defaults of vLLM or of the model's ``generation_config``
+(``generation_config="vllm"``, explicit top-k/top-p/min-p/penalties). The K samples of a prompt are
+one request (``n=K``) and share its prefix cache.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any, Optional
+
+import torch
+from transformers import PreTrainedModel
+
+from opo.distributed import full_tensor
+from opo.rollout.base import Rollout, RolloutBatch
+
+INSTALL_HINT = ("the vLLM engine needs vLLM: on a CUDA machine `pip install 'opo-rl[vllm]'`; on CPU, "
+                "scripts/setup_vllm.sh builds .venv-vllm with vLLM's CPU build and opo (docs/vllm.md)")
+
+
+def import_vllm() -> Any:
+    """The ``vllm`` module, in-process (no engine-core subprocess: the policy's weights are here)."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on the CPU backend (its default: 4)
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError(f"rollout engine 'vllm': {INSTALL_HINT} ({e})") from None
+    return vllm
+
+
+class VLLMEngine:
+    """Sample from a vLLM copy of ``policy``, refreshed by :meth:`sync_weights`.
+
+    ``dtype``: ``float32`` or ``bfloat16`` (vLLM's own weights; the policy stays as it is);
+    ``max_model_len``: the longest prompt + completion; ``memory``: share of GPU memory for vLLM's
+    weights and KV cache; ``sleep``: release that memory between rollouts (CUDA only);
+    ``eager``: no CUDA graphs / compilation (start-up of seconds instead of a minute).
+    """
+
+    def __init__(
+        self,
+        policy: PreTrainedModel,
+        stop_ids: list[int],
+        *,
+        dtype: str = "float32",
+        max_model_len: int = 2048,
+        memory: float = 0.5,
+        sleep: bool = False,
+        eager: bool = True,
+        seed: int = 0,
+    ) -> None:
+        vllm = import_vllm()
+        self.policy = policy
+        self.stop_ids = sorted(set(stop_ids))
+        self.generator = torch.Generator().manual_seed(seed)  # per-request seeds come from it (resume-exact)
+        self.sleep = sleep
+        self._config_dir = tempfile.mkdtemp(prefix="opo-vllm-")
+        try:
+            # config only: vLLM builds the architecture and random weights, then takes the policy's
+            policy.config.save_pretrained(self._config_dir)
+            threads = torch.get_num_threads()
+            self.llm = vllm.LLM(
+                model=self._config_dir, load_format="dummy", skip_tokenizer_init=True, dtype=dtype, seed=seed,
+                max_model_len=max_model_len, gpu_memory_utilization=memory, enforce_eager=eager,
+                enable_sleep_mode=sleep, generation_config="vllm", logprobs_mode="processed_logprobs",
+                enable_prefix_caching=True)
+            torch.set_num_threads(threads)  # vLLM lowers torch's threads to 1 for serving; training wants them
+        except BaseException:
+            shutil.rmtree(self._config_dir, ignore_errors=True)
+            raise
+        self._asleep: set[str] = set()  # what sleep mode released: weights, kv_cache
+        self.sync_weights()
+
+    @torch.no_grad()
+    def sync_weights(self) -> None:
+        """Load the policy's current weights into vLLM (sharded weights are gathered: under FSDP every
+        process must call it)."""
+        self._wake({"weights"})  # the KV cache only when sampling: a lower peak while loading
+        weights = ((name, full_tensor(p).detach()) for name, p in self.policy.named_parameters())
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()  # cached prompt states belong to the old weights
+
+    def generate(
+        self, prompts: list[list[int]], groups: list[int], samples: int, max_new_tokens: int, temperature: float,
+        prefixes: Optional[list[list[int]]] = None,
+    ) -> RolloutBatch:
+        """``samples`` completions of each prompt; ``temperature=0`` decodes greedily."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if prefixes is not None:
+            raise NotImplementedError("the vLLM engine does not force completion prefixes (hybrid thinking's mode "
+                                      "tags) yet: use rollout.engine=hf")
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self._wake({"weights", "kv_cache"})
+        seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=self.generator).tolist()
+        params = [SamplingParams(
+            n=samples, temperature=temperature, max_tokens=max_new_tokens, seed=s, logprobs=0,
+            top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
+            stop_token_ids=self.stop_ids, ignore_eos=False, skip_special_tokens=False, detokenize=False,
+        ) for s in seeds]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        rollouts = []
+        for prompt, group, out in zip(prompts, groups, outputs):
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                tokens = list(c.token_ids)
+                logps = [step[t].logprob for step, t in zip(c.logprobs, tokens)]
+                stopped = bool(tokens) and tokens[-1] in self.stop_ids
+                rollouts.append(Rollout(list(prompt), tokens, logps, "stop" if stopped else "length", group))
+        if self.sleep:
+            self.llm.sleep(level=1)  # weights to host memory, KV cache dropped: the update gets the memory
+            self._asleep = {"weights", "kv_cache"}
+        return RolloutBatch(rollouts)
+
+    def _wake(self, tags: set[str]) -> None:
+        if tags & self._asleep:
+            self.llm.wake_up(tags=sorted(tags & self._asleep))
+            self._asleep -= tags
+
+    def close(self) -> None:
+        shutil.rmtree(self._config_dir, ignore_errors=True)
