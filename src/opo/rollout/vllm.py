@@ -89,7 +89,9 @@ class VLLMEngine:
         """Load the policy's current weights into vLLM (sharded weights are gathered: under FSDP every
         process must call it)."""
         self._wake({"weights"})  # the KV cache only when sampling: a lower peak while loading
-        weights = ((name, full_tensor(p).detach()) for name, p in self.policy.named_parameters())
+        # tied weights under every name: vLLM's layer-wise reload re-processes a layer (the CPU backend's
+        # packed lm_head) only when its own name arrives
+        weights = ((name, full_tensor(p).detach()) for name, p in self.policy.named_parameters(remove_duplicate=False))
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()  # cached prompt states belong to the old weights
 
