@@ -34,6 +34,8 @@ def import_vllm() -> Any:
     """The ``vllm`` module, in-process (no engine-core subprocess: the policy's weights are here)."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on the CPU backend (its default: 4)
+    # vLLM's warnings here are about what opo chose (no tokenizer, thread binding) and fill a console
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     try:
         import vllm
     except ImportError as e:
