@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from typing import Optional
 
 import torch
@@ -29,6 +28,8 @@ from transformers import PreTrainedModel
 
 from opo.algos.advantages import ADVANTAGES
 from opo.logprobs import PromptBatch, completion_logprobs
+from opo.runtime import model_device
+from opo.update import autocast_context
 
 # Baselines compared: the registry's estimators give each response's coefficient c_i = r_i - b_i
 # (GRPO's also divides by the group std); "none" and "optimal" are computed here.
@@ -63,13 +64,15 @@ def sequence_gradient(
     temperature: float = 1.0,
     precision: str = "fp32",
 ) -> list[torch.Tensor]:
-    """grad_theta of sum_t log pi(y_t | x, y_<t) for one response: one gradient per parameter."""
+    """grad_theta of sum_t log pi(y_t | x, y_<t) for one response: one gradient per parameter (on the
+    model's device)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    ids = torch.tensor([completion], dtype=torch.long)  # (1, T)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-    with autocast:
-        logp, _ = completion_logprobs(model, PromptBatch.from_lists([prompt], pad_id), ids, torch.ones_like(ids,
-                                      dtype=torch.float32), torch.zeros(1, dtype=torch.long), temperature)
+    device = model_device(model)
+    ids = torch.tensor([completion], dtype=torch.long, device=device)  # (1, T)
+    with autocast_context(precision, device.type):
+        logp, _ = completion_logprobs(model, PromptBatch.from_lists([prompt], pad_id).to(device), ids,
+                                      torch.ones_like(ids, dtype=torch.float32),
+                                      torch.zeros(1, dtype=torch.long, device=device), temperature)
     grads = torch.autograd.grad(logp.sum(), params, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
@@ -106,7 +109,9 @@ def gradient_gram(
         block = torch.empty(len(rows), sketch.dim if sketch else n_params,
                             dtype=torch.float64 if sketch else torch.float32)
         for j, i in enumerate(rows):
-            grads = sequence_gradient(model, prompts[g], completions[i], pad_id, temperature, precision)
+            # to the CPU, where the block and the sketch live (GPU memory stays the model's)
+            grads = [x.cpu() for x in sequence_gradient(model, prompts[g], completions[i], pad_id, temperature,
+                                                        precision)]
             if sketch:
                 block[j] = sketch(grads)
             else:

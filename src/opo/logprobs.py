@@ -41,6 +41,10 @@ class PromptBatch:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return cls(ids, mask, positions, mask.sum(-1))
 
+    def to(self, device: torch.device) -> "PromptBatch":
+        """The batch on ``device`` (the model's): built on the CPU, it computes where the model is."""
+        return PromptBatch(*(t.to(device) for t in (self.ids, self.mask, self.positions, self.lengths)))
+
 
 def run_decoder(
     model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
@@ -170,8 +174,8 @@ class _ChunkedHead(torch.autograd.Function):
         g_ent = None if g_ent is None else g_ent.to(acc) * factor
         w = weight.to(gdtype)
         g_hidden = torch.empty_like(hidden)
-        g_weight = torch.zeros(weight.shape, dtype=acc)
-        g_bias = None if bias is None else torch.zeros(bias.shape, dtype=acc)
+        g_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        g_bias = None if bias is None else torch.zeros(bias.shape, dtype=acc, device=weight.device)
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             sl = slice(start, start + ctx.chunk_size)
             z, slope = transform.with_slope(_chunk_logits(hidden[sl], weight, bias, dtype))  # (C, V) each
@@ -245,9 +249,10 @@ def length_buckets(lengths: torch.Tensor, bucket_tokens: int) -> list[torch.Tens
     padded tokens (rows x longest row); padding is then only the spread of lengths within a bucket.
     """
     order = lengths.argsort(descending=True, stable=True).tolist()
+    values = lengths.tolist()  # read once: on a GPU each element read would wait for the device
     buckets: list[list[int]] = []
     for i in order:
-        if buckets and (len(buckets[-1]) + 1) * int(lengths[buckets[-1][0]]) <= bucket_tokens:
+        if buckets and (len(buckets[-1]) + 1) * int(values[buckets[-1][0]]) <= bucket_tokens:
             buckets[-1].append(i)
         else:
             buckets.append([i])
@@ -286,7 +291,7 @@ def _bucket_hidden(model: PreTrainedModel, prompts: PromptBatch, last_hidden: to
         return hidden
     # Right padding after a short row's end is harmless under causal attention.
     attn = torch.cat([prompts.mask[g], torch.ones_like(inputs)], dim=1)
-    positions = prompts.lengths[g].unsqueeze(1) + torch.arange(inputs.shape[1]).unsqueeze(0)
+    positions = prompts.lengths[g].unsqueeze(1) + torch.arange(inputs.shape[1], device=inputs.device).unsqueeze(0)
     out, _ = run_decoder(model, inputs, attn, positions, _select_cache(cache, g, model.config))
     return torch.cat([hidden, out], dim=1)
 
@@ -309,6 +314,7 @@ def completion_logprobs(
     ``group_index`` ``(N,)`` gives each completion's row in ``prompts``; ``mask`` ``(N, T)`` marks
     real completion tokens (zeros are returned elsewhere). The prompts run once; the completions
     run in length buckets (see :func:`length_buckets`), each attending to its rows of the prompt cache.
+    Every tensor argument is on the model's device, as are the results.
 
     ``min_decoder_calls``: under FSDP every decoder layer gathers its weights at every call (and
     again in backward), so processes must make equally many calls (:func:`decoder_calls` counts
@@ -320,6 +326,7 @@ def completion_logprobs(
     lengths = mask.sum(-1).long()  # (N,)
     hiddens, targets, dest = [], [], []
     for rows in length_buckets(lengths, bucket_tokens):
+        rows = rows.to(completions.device)
         w = int(lengths[rows[0]])  # the bucket's longest completion
         if w == 0:
             continue
@@ -328,12 +335,13 @@ def completion_logprobs(
         sel = mask[rows, :w].bool()  # (b, w)
         hiddens.append(hidden[sel])
         targets.append(completions[rows, :w][sel])
-        dest.append((rows.unsqueeze(1) * t + torch.arange(w).unsqueeze(0))[sel])  # flat (row, position)
+        positions = torch.arange(w, device=rows.device).unsqueeze(0)  # (1, w)
+        dest.append((rows.unsqueeze(1) * t + positions)[sel])  # flat (row, position)
     if calls > min_decoder_calls > 0:  # decoder_calls disagrees with the loop above: FSDP would hang
         raise RuntimeError(f"{calls} decoder calls where {min_decoder_calls} were agreed")
     fillers = [_filler_call(model, prompts.ids[:1, -1:]) for _ in range(min_decoder_calls - calls)]
     if not hiddens:
-        zeros = torch.zeros((n, t))
+        zeros = torch.zeros((n, t), device=completions.device)
         return zeros, zeros
     logp_flat, ent_flat = head_logprobs(
         model, torch.cat(hiddens), torch.cat(targets), temperature, chunk_size, fp32_head, with_entropy_grad

@@ -1,9 +1,10 @@
-"""Process-level tuning for CPU training: compute precision, thread count, and how the C
+"""Process-level tuning: the device, compute precision, thread count, and how the C
 allocator hands out large blocks.
 
 Precision: bf16 autocast only pays where the CPU computes bf16 natively (AVX-512 BF16 or AMX).
 On an AVX2-only AMD EPYC machine of this project (2026-11-24, ``bench/matmul_peak.py``) an
 emulated bf16 matmul ran at 1.3 GFLOP/s against ~89 GFLOP/s in fp32, so ``auto`` picks fp32 there.
+On a GPU ``auto`` is bf16 where the GPU computes it (Ampere and later), else fp32 (docs/gpu.md).
 
 Threads: the same 2-vCPU machine timed two intra-op threads 2-3x slower than one early in the day
 (a (16, 576) x (576, 1536) fp32 matmul: 0.5 ms against 1.0-1.5 ms; a 4x4x32 RL step 12 s against
@@ -59,17 +60,23 @@ def native_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str) -> str:
-    """``auto`` -> ``bf16`` where the CPU has native bf16, else ``fp32``; other values unchanged."""
+def bf16_supported(device: str) -> bool:
+    """True where ``device`` (cpu | cuda) computes bf16 matmuls natively."""
+    return torch.cuda.is_bf16_supported() if device == "cuda" else native_bf16()
+
+
+def resolve_precision(precision: str, device: str = "cpu", bf16: Optional[bool] = None) -> str:
+    """``auto`` -> ``bf16`` (autocast, fp32 master weights) where ``device`` computes bf16 natively,
+    else ``fp32``; other values unchanged. ``bf16``: that answer, when known (None: ask the hardware)."""
     if precision != "auto":
         return precision
-    return "bf16" if native_bf16() else "fp32"
+    return "bf16" if (bf16_supported(device) if bf16 is None else bf16) else "fp32"
 
 
-def resolve_precisions(training: str, sampling: str) -> tuple[str, str]:
+def resolve_precisions(training: str, sampling: str, device: str = "cpu") -> tuple[str, str]:
     """(training, sampling) precisions with ``auto`` resolved; ``auto`` sampling follows training."""
-    training = resolve_precision(training)
-    return training, resolve_precision(training if sampling == "auto" else sampling)
+    training = resolve_precision(training, device)
+    return training, resolve_precision(training if sampling == "auto" else sampling, device)
 
 
 def resolve_device(device: str) -> str:
@@ -81,6 +88,19 @@ def resolve_device(device: str) -> str:
         raise ValueError("model.device=cuda, but torch sees no CUDA GPU here (a CPU build of torch, or no visible "
                          "device: check CUDA_VISIBLE_DEVICES and `nvidia-smi`); use model.device=auto or cpu")
     return device
+
+
+def torch_device(device: str) -> torch.device:
+    """The device this process computes on for a resolved ``model.device``: under torchrun each
+    process has its own GPU, ``cuda:LOCAL_RANK`` (torchrun sets ``LOCAL_RANK``)."""
+    if device == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(device)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s weights (of the local shard under FSDP), where its inputs must be."""
+    return next(model.parameters()).device
 
 
 def _matmul_seconds(threads: int, reps: int) -> float:

@@ -23,10 +23,10 @@ from opo.logprobs import PromptBatch, completion_logprobs, decoder_calls
 from opo.rollout.base import RolloutBatch
 
 
-def autocast_context(precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU (fp32 master weights) or nothing for fp32."""
+def autocast_context(precision: str, device_type: str = "cpu") -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device_type`` (cpu | cuda; the weights stay fp32 masters) or nothing for fp32."""
     if precision == "bf16":
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -67,6 +67,11 @@ class StepData:
         completions, mask, sampler_logp = batch.completion_tensors(pad_id)  # (N, T) each
         return cls(prompts, group_index, completions, mask, sampler_logp, advantages, pad_id)
 
+    def to(self, device: torch.device) -> "StepData":
+        """This batch with its tensors on ``device`` (the model's): the update computes there."""
+        return StepData(self.prompts, self.group_index.to(device), self.completions.to(device), self.mask.to(device),
+                        self.sampler_logp.to(device), self.advantages.to(device), self.pad_id)
+
 
 def micro_batches(data: StepData, groups: list[int], token_budget: int) -> list[list[int]]:
     """Split whole groups (prompt rows) into micro-batches of at most ``token_budget`` tokens.
@@ -97,11 +102,12 @@ def _rows(data: StepData, groups: list[int]) -> torch.Tensor:
 
 
 def _select(data: StepData, groups: list[int]) -> tuple[PromptBatch, torch.Tensor, torch.Tensor]:
-    """Prompt batch, row indices ``(n,)`` and per-row prompt index ``(n,)`` of some groups."""
+    """Prompt batch, row indices ``(n,)`` and per-row prompt index ``(n,)`` of some groups, on ``data``'s device."""
     rows = _rows(data, groups)
     remap = {g: i for i, g in enumerate(groups)}
-    local = torch.tensor([remap[int(g)] for g in data.group_index[rows]], dtype=torch.long)
-    return PromptBatch.from_lists([data.prompts[g] for g in groups], data.pad_id), rows, local
+    device = data.mask.device
+    local = torch.tensor([remap[g] for g in data.group_index[rows].tolist()], dtype=torch.long, device=device)
+    return PromptBatch.from_lists([data.prompts[g] for g in groups], data.pad_id).to(device), rows, local
 
 
 def _forward(model: PreTrainedModel, scoring: Scoring, data: StepData, groups: list[int], entropy_grad: bool = False,
@@ -109,7 +115,7 @@ def _forward(model: PreTrainedModel, scoring: Scoring, data: StepData, groups: l
     """Log-probs and entropies of ``groups``' completions, making at least ``calls`` decoder calls (FSDP)."""
     batch, rows, local = _select(data, groups)
     width = int(data.mask[rows].sum(-1).max())  # trim padding shared by the whole micro-batch
-    with autocast_context(scoring.precision):
+    with autocast_context(scoring.precision, data.mask.device.type):
         logp, ent = run(
             model, completion_logprobs, batch, data.completions[rows, :width], data.mask[rows, :width], local,
             temperature=scoring.temperature, fp32_head=scoring.fp32_head, with_entropy_grad=entropy_grad,

@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 from opo.distributed import full_tensor
 from opo.logprobs import LogitTransform, PromptBatch, prefill, run_decoder
 from opo.rollout.base import Rollout, RolloutBatch
+from opo.runtime import model_device
 
 
 class HFEngine:
@@ -28,7 +29,8 @@ class HFEngine:
     :meth:`sync_weights` refreshes the copy and must follow every optimizer step. With ``"fp32"``
     it samples from the policy itself, unless ``separate``: then from a full fp32 copy, as a
     policy whose weights will be sharded across processes (FSDP) needs; build the engine before
-    sharding.
+    sharding. It computes on the policy's device; its random generator stays on the CPU, so a seed
+    draws the same uniforms on any device.
     """
 
     def __init__(
@@ -55,7 +57,8 @@ class HFEngine:
         head = model.get_output_embeddings()
         self.head = copy.deepcopy(head).float().requires_grad_(False) if separate else head
         self.transform = LogitTransform.from_config(model.config)  # the family's softcap or scale, if any
-        self.stop_ids = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
+        self.device = model_device(model)
+        self.stop_ids = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=self.device)
         self.pad_id = pad_id
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -78,7 +81,7 @@ class HFEngine:
         """The model's own logits ``(A, V)``: the output layer, then its family's transform (a softcap,
         a scale), as the trainer's head computes them; the temperature comes after, in :meth:`_sample`."""
         head = self.head
-        with torch.autocast(device_type="cpu", enabled=False):
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
             u = F.linear(hidden.to(head.weight.dtype), head.weight, head.bias)  # (A, V)
         return self.transform(u)
 
@@ -101,10 +104,10 @@ class HFEngine:
         with its log-prob but not drawn; ``meta["forced"]`` counts its tokens."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        batch = PromptBatch.from_lists(prompts, self.pad_id)
+        batch = PromptBatch.from_lists(prompts, self.pad_id).to(self.device)
         n = len(prompts) * samples
-        forced = _forced_tokens(prefixes, n, max_new_tokens)  # (N, F), -1 where the sampler draws
-        row = torch.arange(len(prompts)).repeat_interleave(samples)  # (N,) prompt row of each sample
+        forced = _forced_tokens(prefixes, n, max_new_tokens).to(self.device)  # (N, F), -1 where the sampler draws
+        row = torch.arange(len(prompts), device=self.device).repeat_interleave(samples)  # (N,) each one's prompt row
         tokens: list[list[int]] = [[] for _ in range(n)]
         logps: list[list[float]] = [[] for _ in range(n)]
         finish = ["length"] * n
@@ -113,7 +116,7 @@ class HFEngine:
         cache.batch_select_indices(row)
         attn = batch.mask[row]  # (N, Lp + t)
         pos = batch.lengths[row]  # (N,) position of the next token
-        active = torch.arange(n)  # sample index of each live row
+        active = torch.arange(n, device=self.device)  # sample index of each live row
         for step in range(max_new_tokens):
             tok, lp = self._sample(logits, temperature, forced[active, step] if step < forced.shape[1]
                                    else torch.full_like(active, -1))
@@ -134,9 +137,10 @@ class HFEngine:
             hidden, cache = run_decoder(self.model, tok.unsqueeze(-1), attn, pos.unsqueeze(-1), cache)
             logits = self._logits(hidden[:, -1])
             pos = pos + 1
+        rows, n_forced = row.tolist(), (forced >= 0).sum(-1).tolist()  # (N,) each
         rollouts = [
-            Rollout(prompts[row[i]], tokens[i], logps[i], finish[i], groups[row[i]],
-                    {"forced": int((forced[i] >= 0).sum())} if prefixes is not None else {})
+            Rollout(prompts[rows[i]], tokens[i], logps[i], finish[i], groups[rows[i]],
+                    {"forced": n_forced[i]} if prefixes is not None else {})
             for i in range(n)
         ]
         return RolloutBatch(rollouts)
@@ -169,10 +173,11 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator, block: i
     blocks = F.pad(probs, (0, (-v) % block)).view(a, -1, block)  # (A, B, block)
     mass = blocks.sum(-1, dtype=torch.float64)  # (A, B)
     cdf = mass.cumsum(-1)
-    u = torch.rand(a, 1, generator=generator, dtype=torch.float64) * cdf[:, -1:]  # (A, 1)
+    # drawn on the generator's device (the CPU), then moved: a seed gives the same uniforms anywhere
+    u = torch.rand(a, 1, generator=generator, dtype=torch.float64).to(cdf.device) * cdf[:, -1:]  # (A, 1)
     u = torch.minimum(u, cdf[:, -1:] * (1 - 2**-52))  # rounding must not reach the total
     b = torch.searchsorted(cdf, u, right=True)  # (A, 1) chosen block
     u = (u - (cdf.gather(-1, b) - mass.gather(-1, b))).clamp_(min=0)  # uniform within the block
-    inner = blocks[torch.arange(a), b.squeeze(-1)].double().cumsum(-1)  # (A, block)
+    inner = blocks[torch.arange(a, device=b.device), b.squeeze(-1)].double().cumsum(-1)  # (A, block)
     u = torch.minimum(u, inner[:, -1:] * (1 - 2**-52))
     return (b * block + torch.searchsorted(inner, u, right=True)).squeeze(-1)
