@@ -20,6 +20,9 @@ With ``train.fsdp`` the weights, gradients and optimizer state are instead shard
 (embeddings, final norm, output layer). FSDP's collectives run inside every forward pass, so
 every process runs as many passes as the busiest one (:meth:`Dist.aligned`).
 
+On GPUs (``model.device`` cuda) each process drives the GPU ``LOCAL_RANK`` and the collectives
+run on nccl, with their tensors on that GPU; on CPUs they run on gloo.
+
 With one process (no ``torchrun``), every function here is a no-op and no process group exists.
 """
 
@@ -36,16 +39,25 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
+from opo.runtime import torch_device
+
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Dist:
-    """This process's place in the job: ``rank`` of ``world`` processes."""
+    """This process's place in the job: ``rank`` of ``world`` processes, computing on ``device``
+    (cpu | cuda), which also holds the collectives' tensors."""
 
     rank: int = 0
     world: int = 1
     fsdp: bool = False
+    device: str = "cpu"
+
+    @property
+    def _comm(self) -> torch.device:
+        """Where a collective's own tensors live: nccl reduces only GPU tensors, gloo CPU ones."""
+        return torch_device(self.device)
 
     @property
     def main(self) -> bool:
@@ -79,7 +91,7 @@ class Dist:
         if self.world == 1 or not values:
             return values
         keys = sorted(values)
-        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self._comm)
         dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
         return dict(zip(keys, t.tolist()))
 
@@ -87,7 +99,7 @@ class Dist:
         """True on every rank if ``flag`` is true on some rank."""
         if self.world == 1:
             return flag
-        t = torch.tensor([int(flag)])
+        t = torch.tensor([int(flag)], device=self._comm)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
@@ -118,7 +130,7 @@ class Dist:
         if self.world == 1 or self.fsdp:
             return
         params = [p for p in model.parameters() if p.requires_grad]
-        reached = torch.tensor([float(p.grad is not None) for p in params])  # (P,)
+        reached = torch.tensor([float(p.grad is not None) for p in params], device=self._comm)  # (P,)
         dist.all_reduce(reached, op=dist.ReduceOp.MAX)
         params = [p for p, r in zip(params, reached.tolist()) if r]
         for p in params:  # a rank whose groups never reached a parameter still takes part
@@ -157,12 +169,13 @@ class Dist:
 
         # opo never modifies the root's outputs in place, which is what this warning is about
         warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-        mesh = init_device_mesh("cpu", (self.world,))
+        mesh = init_device_mesh(self.device, (self.world,))
         root = Sharded(model)
         for unit in [*model.get_decoder().layers, root]:
             fully_shard(unit, mesh=mesh)
             unit.set_gradient_divide_factor(1.0)  # sum: the loss is already divided by the global count
-            unit.set_force_sum_reduction_for_comms(True)  # gloo has no pre-multiplied sum
+            if backend_for(self.device) == "gloo":
+                unit.set_force_sum_reduction_for_comms(True)  # gloo has no pre-multiplied sum (nccl has)
         return root
 
     def model_state(self, model: torch.nn.Module) -> Optional[dict[str, torch.Tensor]]:
@@ -209,15 +222,24 @@ def _all_reduce_flat(tensors: list[torch.Tensor]) -> None:
         offset += t.numel()
 
 
-def setup(fsdp: bool = False, timeout_s: float = 1800.0) -> Dist:
-    """Join the job ``torchrun`` started (gloo: opo trains on CPU), or a single process without it;
-    ``fsdp``: shard weights, gradients and optimizer state (with more than one process)."""
+def backend_for(device: str) -> str:
+    """The process group's backend for a resolved ``model.device``: nccl on GPUs, gloo on CPUs."""
+    return "nccl" if device == "cuda" else "gloo"
+
+
+def setup(fsdp: bool = False, timeout_s: float = 1800.0, device: str = "cpu") -> Dist:
+    """Join the job ``torchrun`` started, or a single process without it; ``fsdp``: shard weights,
+    gradients and optimizer state (with more than one process); ``device``: the resolved
+    ``model.device`` (cuda: this process takes GPU ``LOCAL_RANK`` and the group runs on nccl)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()
     if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
-    return Dist(dist.get_rank(), dist.get_world_size(), fsdp)
+        gpu = torch_device(device) if device == "cuda" else None
+        if gpu is not None:
+            torch.cuda.set_device(gpu)  # the collectives of *_object and barrier use the current GPU
+        dist.init_process_group(backend_for(device), timeout=timedelta(seconds=timeout_s), device_id=gpu)
+    return Dist(dist.get_rank(), dist.get_world_size(), fsdp, device)
 
 
 def teardown(d: Dist) -> None:

@@ -23,10 +23,10 @@ from opo.hybrid import ModeTokens
 from opo.judges import PairJudge
 from opo.judges.build import build_judge
 from opo.judges.reward import JudgeRewards, combine
-from opo.models import load_model, stop_token_ids
+from opo.models import enable_activation_checkpointing, load_model, stop_token_ids
 from opo.rollout.base import Engine
 from opo.rollout.hf import HFEngine
-from opo.runtime import pick_threads, resolve_device, resolve_precisions
+from opo.runtime import pick_threads, resolve_device, resolve_precisions, torch_device
 from opo.tasks import Task, build_task, decode, limit_prompt_length
 
 
@@ -38,22 +38,35 @@ class Compute:
     sampling: str  # the sampler: bf16 | fp32
     threads: int
     device: str = "cpu"  # cpu | cuda
+    gpu: str = ""  # the GPU's name on cuda
+
+    @property
+    def where(self) -> str:
+        """The device as the console line names it: empty on the CPU (the line has always been so)."""
+        return f"{self.device} ({self.gpu}) " if self.device == "cuda" else ""
+
+    @property
+    def torch_device(self) -> torch.device:
+        """This process's device (under torchrun with GPUs, its own GPU)."""
+        return torch_device(self.device)
 
     def describe(self, d: Dist = Dist(), fsdp_requested: bool = False) -> str:
-        return (f"compute: {self.precision} training, {self.sampling} sampling, "
+        return (f"compute: {self.where}{self.precision} training, {self.sampling} sampling, "
                 f"{self.threads} thread{'s' if self.threads > 1 else ''}" + (f" x {d.world} processes" if d.world > 1 else "")
                 + (", FSDP" if d.fsdp else " (train.fsdp: one process, nothing to shard)" if fsdp_requested else ""))
 
 
 def choose_compute(settings: RunSettings, sampling: str = "auto", d: Dist = Dist(), device: str = "auto") -> Compute:
-    """Resolve ``auto`` precisions and device for this machine and set torch's thread count."""
-    precision, sampling = resolve_precisions(settings.precision, sampling)
+    """Resolve ``auto`` device and precisions for this machine and set torch's thread count."""
+    device = resolve_device(device)
+    precision, sampling = resolve_precisions(settings.precision, sampling, device)
     threads = settings.threads
     if not threads and settings.deterministic:
         threads = 1  # a timed choice could differ between a run and its resume
     elif not threads and d.world > 1:  # processes on one machine share its cores; timing them would be noise
         threads = max(1, (os.cpu_count() or 1) // local_world_size())
-    return Compute(precision, sampling, pick_threads(threads), resolve_device(device))
+    gpu = torch.cuda.get_device_name(torch_device(device)) if device == "cuda" else ""
+    return Compute(precision, sampling, pick_threads(threads), device, gpu)
 
 
 @dataclass
@@ -135,6 +148,7 @@ def _judge_rewards(cfg: Config, compute: Compute, d: Dist, run_dir: Optional[Pat
 def _build(cfg: Any, compute: Compute, task: Task, max_new_tokens: int, d: Dist, weights: Optional[str]) -> Run:
     m, seed = cfg.model, cfg.run.seed
     model, tok = load_model(weights or m.path, m.trust_remote_code, seed, m.attention)
+    model.to(compute.torch_device)  # the CPU: the model stays where it loaded
     d.broadcast_parameters(model)
     # the sampler's weights are a full copy when the policy's are sharded, so build it first
     engine = build_engine(cfg, model, tok, compute, d)
@@ -145,9 +159,12 @@ def _build(cfg: Any, compute: Compute, task: Task, max_new_tokens: int, d: Dist,
     if not isinstance(cfg, Config):  # opo eval, opo diagnose: no optimizer
         model.eval()
         return run
+    if m.activation_checkpointing:
+        enable_activation_checkpointing(model)
     run.policy = d.shard(model)
     if cfg.algo.kl_coef > 0:  # the reference is the initial policy, also after a resume
         run.ref_model = load_model(m.path, m.trust_remote_code, seed, m.attention)[0].requires_grad_(False)
+        run.ref_model.to(compute.torch_device)
         d.broadcast_parameters(run.ref_model)
     run.optimizer = build_optimizer(model, cfg.optim)
     warmup = cfg.optim.warmup_steps

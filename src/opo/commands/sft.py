@@ -30,9 +30,10 @@ from opo.config import ConfigError, OptimConfig, SftConfig
 from opo.errors import TrainingAborted
 from opo.logprobs import head_logprobs, length_buckets
 from opo.metrics import JsonlLogger
-from opo.models import extend_tokenizer, init_new_embeddings, load_model, load_tokenizer
+from opo.models import (enable_activation_checkpointing, extend_tokenizer, init_new_embeddings, load_model,
+                        load_tokenizer)
 from opo.run import Compute, build_optimizer, choose_compute, output_dir, seed_all
-from opo.runtime import StopOnSignal
+from opo.runtime import StopOnSignal, model_device
 from opo.sft_data import Conversation, SftData, collate, load_data, plan_epoch
 from opo.update import autocast_context, grad_norm
 
@@ -106,10 +107,13 @@ def setup(cfg: SftConfig, weights: str | None = None) -> SftRun:
         raise ConfigError(f"resume: sft.add_tokens adds {tok.convert_ids_to_tokens(list(new))} to the run's tokenizer; "
                           f"start a new run from the checkpoint instead (model.path={weights})")
     data = load_data(cfg.data, tok, seed)  # a bad row fails here, before the weights load
-    compute = choose_compute(cfg.run)
+    compute = choose_compute(cfg.run, device=m.device)
     seed_all(cfg.run)
     model, _ = load_model(weights or m.path, m.trust_remote_code, seed, m.attention, tokenizer=tok)
     init_new_embeddings(model, tok, new)
+    model.to(compute.torch_device)  # before the optimizer, whose state follows the weights
+    if m.activation_checkpointing:
+        enable_activation_checkpointing(model)
     _check_context(model, data, cfg.data.max_length)
     lengths = [len(c) for c in data.train]
     s = cfg.sft
@@ -203,8 +207,9 @@ def token_nll(model: PreTrainedModel, convs: list[Conversation], pad_id: int, pr
 
     Logits exist only for trained positions, a chunk at a time (:func:`opo.logprobs.head_logprobs`):
     no ``(B, W, V)`` tensor, and prompt positions never reach the output layer."""
-    ids, attention, trained = collate(convs, pad_id)  # (B, W) each
-    with autocast_context(precision):
+    device = model_device(model)
+    ids, attention, trained = (t.to(device) for t in collate(convs, pad_id))  # (B, W) each
+    with autocast_context(precision, device.type):
         out = model.get_decoder()(input_ids=ids[:, :-1], attention_mask=attention[:, :-1], use_cache=False)
         targets = trained[:, 1:]  # (B, W-1): position t predicts token t + 1
         logp, _ = head_logprobs(model, out.last_hidden_state[targets], ids[:, 1:][targets], fp32_head=fp32_head)  # (M,)
@@ -262,7 +267,8 @@ def _open_log(run_dir: Path, cfg: SftConfig, last_step: int) -> JsonlLogger:
 
 
 def _describe(compute: Compute) -> str:
-    return f"compute: {compute.precision} training, {compute.threads} thread{'s' * (compute.threads > 1)}"
+    threads = f"{compute.threads} thread{'s' * (compute.threads > 1)}"
+    return f"compute: {compute.where}{compute.precision} training, {threads}"
 
 
 def _console_line(row: dict[str, Any]) -> str:

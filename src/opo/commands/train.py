@@ -36,7 +36,7 @@ from opo.hybrid_eval import evaluate_hybrid
 from opo.metrics import JsonlLogger, repetition_metrics, rollout_metrics
 from opo.rollout.base import RolloutBatch
 from opo.run import Run, output_dir, setup
-from opo.runtime import StopOnSignal
+from opo.runtime import StopOnSignal, resolve_device
 from opo.tasks import decode, encode
 from opo.update import Scoring, StepData, policy_update
 
@@ -47,7 +47,7 @@ def train(cfg: Config) -> dict[str, Any]:
     Under ``torchrun`` every process runs this same loop on its share of each step's prompts
     (see :mod:`opo.distributed`); rank 0 alone logs, evaluates and writes checkpoints.
     """
-    d = setup_distributed(cfg.train.fsdp)
+    d = setup_distributed(cfg.train.fsdp, device=resolve_device(cfg.model.device))  # nccl on GPUs
     try:
         with contextlib.ExitStack() as held:  # the run directory's lock, released on any exit
             return _train(cfg, d, held)
@@ -154,8 +154,9 @@ def rl_step(run: Run, data_pos: int, step: int, measure_shift: bool = False
     extras = hybrid_extras(run.modes, batch, data.mask) if run.modes else {}
     data.advantages = estimator(rewards, data.mask, batch.group_ids(), **extras_for(estimator, extras),
                                 **a.advantage_params)  # (N, T)
-    update = policy_update(run.policy, run.optimizer, data, a, scoring(cfg, run), cfg.optim.grad_clip, run.ref_model,
-                           run.shuffle, measure_shift, d)
+    # the update computes on the model's device; `data` stays on the CPU for the metrics below
+    update = policy_update(run.policy, run.optimizer, data.to(run.compute.torch_device), a, scoring(cfg, run),
+                           cfg.optim.grad_clip, run.ref_model, run.shuffle, measure_shift, d)
     run.engine.sync_weights()
     t_train = time.time() - t0
 
