@@ -39,7 +39,7 @@ class RunSettings:
 
     seed: int = doc(0, "seed of sampling, data order and the tiny model's weights")
     threads: int = doc(0, "torch intra-op threads; 0: the faster of 1 and all cores, timed at start (1 when deterministic; a share of the cores under torchrun)", ge=0)
-    precision: Precision = doc("auto", "compute: 'bf16' autocast with fp32 master weights, 'fp32', or 'auto' (bf16 where the CPU computes it natively, else fp32; see docs/performance.md)")
+    precision: Precision = doc("auto", "compute: 'bf16' autocast with fp32 master weights, 'fp32', or 'auto' (bf16 where the CPU computes it natively or the GPU supports it, else fp32; see docs/performance.md, docs/gpu.md)")
     deterministic: bool = doc(False, "deterministic torch algorithms (exact resume checks)")
     dir: str = doc("runs/{time}", "output directory; {time} becomes a timestamp")
     progress: bool = doc(True, "progress bar with an ETA (only when the output is a terminal)")

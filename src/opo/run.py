@@ -111,6 +111,8 @@ def seed_all(settings: RunSettings) -> None:
     """Seed torch and Python from ``run.seed`` and apply ``run.deterministic``."""
     torch.manual_seed(settings.seed)
     random.seed(settings.seed)
+    if settings.deterministic:  # cuBLAS is deterministic only with a fixed workspace (set before CUDA starts)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(settings.deterministic)
 
 
@@ -140,7 +142,7 @@ def _judge_rewards(cfg: Config, compute: Compute, d: Dist, run_dir: Optional[Pat
     j, seed = cfg.judge, cfg.run.seed
     cache = None if run_dir is None else run_dir / (f"judge_cache.rank{d.rank}.jsonl" if d.world > 1
                                                     else "judge_cache.jsonl")
-    judge = build_judge(j, sampling=compute.sampling, seed=seed, cache=cache)
+    judge = build_judge(j, sampling=compute.sampling, seed=seed, cache=cache, device=compute.device)
     return JudgeRewards(task, PairJudge(judge, j.order, seed), j.reward, opponents=j.opponents, votes=j.votes,
                         rating=j.rating, seed=seed)
 

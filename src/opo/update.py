@@ -21,6 +21,7 @@ from opo.config import AlgoConfig
 from opo.distributed import Dist, full_tensor, run
 from opo.logprobs import PromptBatch, completion_logprobs, decoder_calls
 from opo.rollout.base import RolloutBatch
+from opo.runtime import model_device
 
 
 def autocast_context(precision: str, device_type: str = "cpu") -> contextlib.AbstractContextManager:
@@ -171,6 +172,7 @@ def policy_update(
     batch's own tokens (sampled from pi_before), with the k1 and k3 estimators: one extra forward
     pass after the last optimizer step.
     """
+    data = data.to(model_device(model))  # the caller's batch stays where it is (the CPU, for its metrics)
     n_groups = len(data.prompts)
     mine = list(dist.share(n_groups))
     p = _Pass(model, data, algo, scoring)

@@ -14,7 +14,6 @@ from opo.config import AlgoConfig, DiagnoseConfig, OptimConfig
 from opo.diagnose import baseline_variances, gradient_gram, length_fit
 from opo.rollout.base import RolloutBatch
 from opo.run import Run, output_dir, setup
-from opo.runtime import model_device
 from opo.tasks import decode, encode
 from opo.update import Scoring, StepData, policy_update
 
@@ -67,8 +66,8 @@ def _update_seconds(run: Run, batch: RolloutBatch, rewards: torch.Tensor) -> flo
     data.advantages = ADVANTAGES.get("opo")(rewards.float(), data.mask, batch.group_ids())  # (N, T)
     scoring = Scoring(cfg.rollout.temperature, run.compute.precision, cfg.model.fp32_head)
     t0 = time.perf_counter()
-    policy_update(run.model, torch.optim.SGD(run.model.parameters(), lr=0.0), data.to(model_device(run.model)),
-                  AlgoConfig(), scoring, OptimConfig().grad_clip)
+    policy_update(run.model, torch.optim.SGD(run.model.parameters(), lr=0.0), data, AlgoConfig(), scoring,
+                  OptimConfig().grad_clip)
     return time.perf_counter() - t0
 
 

@@ -64,7 +64,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, float]:
 def _judge(cfg: EvalConfig, run: Run, out_dir: Path) -> PairJudge:
     try:
         judge = build_judge(cfg.judge, sampling=run.compute.sampling, seed=cfg.run.seed,
-                            cache=out_dir / "judge_cache.jsonl")
+                            cache=out_dir / "judge_cache.jsonl", device=run.compute.device)
     except BaseException:
         run.close()
         raise

@@ -154,9 +154,8 @@ def rl_step(run: Run, data_pos: int, step: int, measure_shift: bool = False
     extras = hybrid_extras(run.modes, batch, data.mask) if run.modes else {}
     data.advantages = estimator(rewards, data.mask, batch.group_ids(), **extras_for(estimator, extras),
                                 **a.advantage_params)  # (N, T)
-    # the update computes on the model's device; `data` stays on the CPU for the metrics below
-    update = policy_update(run.policy, run.optimizer, data.to(run.compute.torch_device), a, scoring(cfg, run),
-                           cfg.optim.grad_clip, run.ref_model, run.shuffle, measure_shift, d)
+    update = policy_update(run.policy, run.optimizer, data, a, scoring(cfg, run), cfg.optim.grad_clip, run.ref_model,
+                           run.shuffle, measure_shift, d)
     run.engine.sync_weights()
     t_train = time.time() - t0
 
