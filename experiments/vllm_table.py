@@ -21,10 +21,15 @@ def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def timing(steps: list[dict]) -> str:
+    return (f"{mean([x['time/step'] for x in steps]):.1f} ({mean([x['time/generate'] for x in steps]):.1f} / "
+            f"{mean([x['time/train'] for x in steps]):.1f})")
+
+
 def main(root: Path) -> None:
-    print("| run | steps | held-out greedy before | after | s/step (generate / train), steps 2+ | "
-          "train reward, first 5 / last 5 steps |")
-    print("|---|---|---|---|---|---|")
+    print("| run | steps | held-out greedy before | after | s/step (generate / train), steps 2+ | same, last half "
+          "of the steps | train reward, first 5 / last 5 steps |")
+    print("|---|---|---|---|---|---|---|")
     for name, label in RUNS.items():
         r = rows(root / name)
         steps = [x for x in r if "time/step" in x]
@@ -33,10 +38,8 @@ def main(root: Path) -> None:
             continue
         before = f"{evals[0]['eval/accuracy']:.1%}" if evals and evals[0]["step"] == 0 else "-"
         after = f"{evals[-1]['eval/accuracy']:.1%}" if evals and evals[-1]["step"] > 0 else "-"
-        later = steps[1:] or steps
-        print(f"| {label} | {len(steps)} | {before} | {after} | {mean([x['time/step'] for x in later]):.1f} "
-              f"({mean([x['time/generate'] for x in later]):.1f} / {mean([x['time/train'] for x in later]):.1f}) | "
-              f"{mean([x['reward/mean'] for x in steps[:5]]):.3f} / {mean([x['reward/mean'] for x in steps[-5:]]):.3f} |")
+        print(f"| {label} | {len(steps)} | {before} | {after} | {timing(steps[1:] or steps)} | "
+              f"{timing(steps[len(steps) // 2:])} | {mean([x['reward/mean'] for x in steps[:5]]):.3f} / {mean([x['reward/mean'] for x in steps[-5:]]):.3f} |")
     print("\n| run | mean log ratio | mean abs | max abs | tokens with ratio beyond [1/2, 2] | IS weight mean | "
           "tokens truncated / masked |")
     print("|---|---|---|---|---|---|---|")
