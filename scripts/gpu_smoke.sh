@@ -15,7 +15,7 @@
 #
 #   scripts/gpu_smoke.sh
 #   STEPS=10 HUB_MODEL=Qwen/Qwen2.5-0.5B-Instruct scripts/gpu_smoke.sh
-#   TORCH_SPEC="torch==2.9.0" VLLM_SPEC="vllm==0.11.0" scripts/gpu_smoke.sh
+#   VLLM_SPEC="vllm==0.32.0" scripts/gpu_smoke.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V=.venv-gpu
@@ -64,7 +64,7 @@ train() {  # name, model path
     nvidia-smi -i "$GPU" --query-gpu=memory.used --format=csv,noheader,nounits > "$mem"  # before the run
     nvidia-smi -i "$GPU" --query-gpu=memory.used --format=csv,noheader,nounits -l 1 >> "$mem" &
     sampler=$!
-    "$V/bin/opo" train model.path="$model" rollout.engine="$engine" model.device=cuda train.steps="$STEPS" \
+    "$V/bin/opo" train model.path="$model" rollout.engine="$engine" model.device=cuda model.attention=sdpa train.steps="$STEPS" \
         task.eval_size="$EVAL_SIZE" run.dir="$OUT/$name" run.progress=false \
         2>&1 | tee "$OUT/$name.log" || echo "== $name failed (log: $OUT/$name.log)"
     kill "$sampler" && wait "$sampler" 2>/dev/null || true

@@ -84,6 +84,27 @@ def test_correction_weights_the_policy_gradient_of_each_token(tiny, name):
     assert metrics["correction/affected"] == pytest.approx(float(affected.sum()) / n_tok)
 
 
+def test_off_policy_weights_compare_the_sampler_with_the_policy_at_rollout_time(tiny):
+    # Two epochs of ppo_clip: the weights must use the recorded old log-probs (the policy that the
+    # rollout stood for), not the moving policy of the second epoch. With a sampler equal to that
+    # policy every weight is 1, whatever the second epoch's policy is.
+    model, tok = tiny
+    data = step_data(model, tok)
+    cfg = cfg_for(**{"algo.loss": "ppo_clip", "algo.ppo_epochs": 2})
+
+    def run(correction):
+        m = copy.deepcopy(model)
+        scoring = Scoring(1.0, "fp32", True, 4096, correction, 2.0)
+        metrics = policy_update(m, torch.optim.SGD(m.parameters(), lr=0.5), data, cfg.algo, scoring, 0.0,
+                                generator=torch.Generator().manual_seed(0))
+        return {n: p.detach() for n, p in m.named_parameters()}, metrics
+
+    plain, _ = run("none")
+    corrected, metrics = run("tis")
+    _close(plain, corrected)
+    assert metrics["optimizer_steps"] == 2 and metrics["correction/weight_mean"] == pytest.approx(1.0, abs=1e-5)
+
+
 def test_auto_correction_follows_the_engine():
     cfg = Config()
     assert cfg.correction == "none"
@@ -111,3 +132,18 @@ def test_engine_settings_are_checked():
         cfg.validate()
     with pytest.raises(ConfigError, match="rollout.engine"):
         Config().set("rollout.engine", "sglang")
+
+
+def test_vllm_is_refused_under_torchrun_and_in_diagnose(monkeypatch):
+    from opo.config import DiagnoseConfig
+
+    cfg = Config()
+    cfg.set("rollout.engine", "vllm")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="runs in one process for now: under torchrun use rollout.engine=hf"):
+        cfg.validate()
+    monkeypatch.delenv("WORLD_SIZE")
+    d = DiagnoseConfig()
+    d.rollout.engine = "vllm"
+    with pytest.raises(ConfigError, match="opo diagnose samples with opo's own engine"):
+        d.validate()

@@ -82,9 +82,12 @@ def test_autocast_context_follows_the_device_type():
     from opo.update import autocast_context
 
     with autocast_context("bf16", "cpu"):
-        assert torch.is_autocast_enabled("cpu")
-    with autocast_context("fp32", "cuda"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with autocast_context("fp32", "cpu"):
         assert not torch.is_autocast_enabled("cpu")
+    with pytest.warns(UserWarning, match="CUDA is not available"):  # a CPU build: built, never entered
+        gpu = autocast_context("bf16", "cuda")
+    assert isinstance(gpu, torch.autocast) and gpu.device == "cuda" and gpu.fast_dtype == torch.bfloat16
 
 
 def test_batches_move_to_the_models_device_at_one_boundary(tiny):

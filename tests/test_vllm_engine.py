@@ -129,6 +129,29 @@ def test_a_weight_sync_changes_the_samples(policy_engine):
     assert [r.completion for r in engine.generate(prompts, [0, 1, 2], 1, 8, 0.0).rollouts] == greedy
 
 
+def test_a_sampler_without_the_policys_weights_is_refused(policy_engine):
+    model, tok, engine = policy_engine
+    embed = model.get_input_embeddings().weight
+    original = embed.detach().clone()
+    try:
+        with torch.no_grad():
+            embed.mul_(20)  # the tied output layer too: logits 20x sharper than vLLM's
+        with pytest.raises(RuntimeError, match="vLLM did not take some of LlamaForCausalLM's weights"):
+            engine._check_sync()
+        engine.sync_weights()
+        engine._check_sync()
+    finally:
+        with torch.no_grad():
+            embed.copy_(original)
+        engine.sync_weights()
+
+
+def test_offload_is_a_no_op_without_sleep_mode(policy_engine):
+    model, tok, engine = policy_engine
+    engine.offload()  # the CPU backend has no sleep mode; the engine was built without it
+    assert not engine._asleep and len(engine.generate(prompts_of(tok, 1), [0], 2, 4, 1.0)) == 2
+
+
 def test_forced_prefixes_are_refused(policy_engine):
     model, tok, engine = policy_engine
     with pytest.raises(NotImplementedError, match="rollout.engine=hf"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,7 +117,8 @@ class AlgoConfig:
 @dataclass
 class VLLMConfig:
     memory: float = doc(0.5, "share of GPU memory for vLLM's weights and KV cache (its gpu_memory_utilization); the rest is the trainer's", gt=0)
-    sleep: bool = doc(True, "CUDA: release vLLM's memory while the trainer updates (sleep mode); no effect on CPU")
+    sleep: bool = doc(True, "opo train on CUDA: release vLLM's memory while the trainer updates (sleep mode); no effect on CPU or in opo eval")
+    max_model_len: int = doc(4096, "longest prompt + completion vLLM serves (its KV cache must hold one); capped by the model's context; longer prompts are refused like those beyond the context", ge=1)
     eager: Optional[bool] = doc(None, "no CUDA graphs or compilation (starts in seconds); null: eager on CPU, graphs on GPU")
 
 
@@ -463,6 +465,8 @@ class DiagnoseConfig:
     def validate(self) -> "DiagnoseConfig":
         validate_common(self)
         _at_least("rollout.samples_per_prompt", self.rollout.samples_per_prompt, 2)  # variances need pairs
+        if self.rollout.engine != "hf":
+            raise ConfigError("opo diagnose samples with opo's own engine: leave rollout.engine=hf")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -601,6 +605,8 @@ def load_hybrid_data_config(path: Optional[str] = None, overrides: list[str] = (
 
 
 def _check_engine(key: str, engine: str, hybrid: bool, v: VLLMConfig) -> None:
+    if engine == "vllm" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"{key}=vllm runs in one process for now: under torchrun use {key}=hf")
     if engine == "vllm" and hybrid:
         raise ConfigError(f"{key}=vllm cannot force the mode tags of hybrid.enabled=true (it does not record a forced "
                           f"token's log-prob): use {key}=hf")

@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from opo.config import Config, OptimConfig, RunSettings, VLLMConfig
+from opo.config import Config, OptimConfig, RunSettings
 from opo.distributed import Dist, local_world_size
 from opo.hybrid import ModeTokens
 from opo.judges import PairJudge
@@ -154,7 +154,7 @@ def _build(cfg: Any, compute: Compute, task: Task, max_new_tokens: int, d: Dist,
     d.broadcast_parameters(model)
     # the sampler's weights are a full copy when the policy's are sharded, so build it first
     engine = build_engine(cfg, model, tok, compute, d)
-    limit_prompt_length(task, tok, model, max_new_tokens)
+    limit_prompt_length(task, tok, model, max_new_tokens, getattr(engine, "max_model_len", None))
     hybrid = getattr(cfg, "hybrid", None)
     modes = ModeTokens.of(tok, hybrid) if hybrid is not None and hybrid.enabled else None
     run = Run(cfg, compute, model, tok, task, engine, d, policy=model, modes=modes)
@@ -178,21 +178,18 @@ def _build(cfg: Any, compute: Compute, task: Task, max_new_tokens: int, d: Dist,
 
 def build_engine(cfg: Any, model: PreTrainedModel, tok: Any, compute: Compute, d: Dist) -> Engine:
     """The sampler ``rollout.engine`` (``engine`` in opo eval) names, on the policy's weights."""
-    rollout = getattr(cfg, "rollout", None)
-    name = rollout.engine if rollout is not None else getattr(cfg, "engine", "hf")
+    training = isinstance(cfg, Config)
+    name = cfg.rollout.engine if training else getattr(cfg, "engine", "hf")
     if name == "hf":
         return HFEngine(model, stop_token_ids(model, tok), tok.pad_token_id, compute.sampling, seed=cfg.run.seed,
                         separate=d.fsdp)
     from opo.rollout.vllm import VLLMEngine
 
-    if d.world > 1:
-        raise ValueError("rollout.engine=vllm runs in one process for now; under torchrun use rollout.engine=hf")
-    v = getattr(cfg, "vllm", VLLMConfig())
-    cuda = compute.device == "cuda"
+    v, cuda = cfg.vllm, compute.device == "cuda"
+    context = getattr(model.config, "max_position_embeddings", None) or v.max_model_len
     return VLLMEngine(model, stop_token_ids(model, tok), dtype="bfloat16" if compute.sampling == "bf16" else "float32",
-                      max_model_len=getattr(model.config, "max_position_embeddings", None) or 4096,
-                      memory=v.memory, sleep=cuda and v.sleep, eager=(not cuda) if v.eager is None else v.eager,
-                      seed=cfg.run.seed)
+                      max_model_len=min(context, v.max_model_len), memory=v.memory, sleep=training and cuda and v.sleep,
+                      eager=(not cuda) if v.eager is None else v.eager, seed=cfg.run.seed)
 
 
 def build_optimizer(model: torch.nn.Module, o: OptimConfig) -> torch.optim.Optimizer:

@@ -154,6 +154,7 @@ def rl_step(run: Run, data_pos: int, step: int, measure_shift: bool = False
     extras = hybrid_extras(run.modes, batch, data.mask) if run.modes else {}
     data.advantages = estimator(rewards, data.mask, batch.group_ids(), **extras_for(estimator, extras),
                                 **a.advantage_params)  # (N, T)
+    run.engine.offload()  # a GPU sampler's memory goes to the update until the sync below
     update = policy_update(run.policy, run.optimizer, data, a, scoring(cfg, run), cfg.optim.grad_clip, run.ref_model,
                            run.shuffle, measure_shift, d)
     run.engine.sync_weights()

@@ -80,6 +80,10 @@ class Engine(Protocol):
         """Make the next rollouts use the policy's current weights (called after every optimizer step)."""
         ...
 
+    def offload(self) -> None:
+        """Free the accelerator memory the engine holds for the update (called before it)."""
+        ...
+
     def close(self) -> None:
         """Release what the engine holds (temporary files, a server)."""
         ...

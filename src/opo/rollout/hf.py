@@ -74,6 +74,9 @@ class HFEngine:
             for dst, src in zip(self.head.parameters(), policy_head.parameters()):
                 dst.copy_(full_tensor(src))
 
+    def offload(self) -> None:
+        """Nothing to give back: the engine samples from the policy's own weights (or a copy of them)."""
+
     def close(self) -> None:
         """Nothing to release: the engine holds no resources beyond its tensors."""
 

@@ -48,7 +48,7 @@ class VLLMEngine:
 
     ``dtype``: ``float32`` or ``bfloat16`` (vLLM's own weights; the policy stays as it is);
     ``max_model_len``: the longest prompt + completion; ``memory``: share of GPU memory for vLLM's
-    weights and KV cache; ``sleep``: release that memory between rollouts (CUDA only);
+    weights and KV cache; ``sleep``: :meth:`offload` releases that memory for the update (CUDA only);
     ``eager``: no CUDA graphs / compilation (start-up of seconds instead of a minute).
     """
 
@@ -69,6 +69,7 @@ class VLLMEngine:
         self.stop_ids = sorted(set(stop_ids))
         self.generator = torch.Generator().manual_seed(seed)  # per-request seeds come from it (resume-exact)
         self.sleep = sleep
+        self.max_model_len, self.dtype = max_model_len, dtype
         self._config_dir = tempfile.mkdtemp(prefix="opo-vllm-")
         try:
             # config only: vLLM builds the architecture and random weights, then takes the policy's
@@ -79,12 +80,15 @@ class VLLMEngine:
                 max_model_len=max_model_len, gpu_memory_utilization=memory, enforce_eager=eager,
                 enable_sleep_mode=sleep, generation_config="vllm", logprobs_mode="processed_logprobs",
                 enable_prefix_caching=True)
-            torch.set_num_threads(threads)  # vLLM lowers torch's threads to 1 for serving; training wants them
+            # vLLM's GPU worker lowers torch to 1 thread for serving, which the trainer's CPU work would
+            # inherit; its CPU worker instead makes set_num_threads a no-op and keeps the current count
+            torch.set_num_threads(threads)
         except BaseException:
             shutil.rmtree(self._config_dir, ignore_errors=True)
             raise
         self._asleep: set[str] = set()  # what sleep mode released: weights, kv_cache
         self.sync_weights()
+        self._check_sync()
 
     @torch.no_grad()
     def sync_weights(self) -> None:
@@ -96,6 +100,34 @@ class VLLMEngine:
         weights = ((name, full_tensor(p).detach()) for name, p in self.policy.named_parameters(remove_duplicate=False))
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()  # cached prompt states belong to the old weights
+
+    @torch.no_grad()
+    def _check_sync(self, tokens: int = 8) -> None:
+        """Refuse to start when vLLM did not take the policy's weights: it only warns about weights it
+        could not map (a model family whose names it does not know), and would sample from its random
+        start. Compares one short sample's log-probs with the policy's own forward: an fp32 copy agrees
+        to ~1e-5 per token, a bf16 one to ~0.1 on this arbitrary prompt (0.12 measured for the
+        embedded model), weights left at random by several nats."""
+        tolerance = 0.05 if self.dtype == "float32" else 0.5
+        prompt, state = list(range(1, 9)), self.generator.get_state()
+        r = self.generate([prompt], [0], 1, tokens, 1.0).rollouts[0]
+        self.generator.set_state(state)  # the check draws no seed of the run
+        ids = torch.tensor([prompt + r.completion], device=next(self.policy.parameters()).device)
+        logits = self.policy(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()  # (L, V)
+        trainer = logits.log_softmax(-1).gather(-1, ids[0, len(prompt):, None]).squeeze(-1).cpu()  # (L,)
+        gap = float((trainer - torch.tensor(r.logprobs)).abs().mean())
+        if gap > tolerance:
+            raise RuntimeError(f"rollout.engine=vllm: vLLM's log-probs differ from the policy's by {gap:.3f} per token "
+                               f"after loading its weights (at most {tolerance} expected): vLLM did not take some of "
+                               f"{type(self.policy).__name__}'s weights; set VLLM_LOGGING_LEVEL=WARNING to see which, "
+                               "or use rollout.engine=hf")
+
+    def offload(self) -> None:
+        """Give the accelerator's memory to the update (sleep mode: weights to host memory, KV cache
+        dropped) until the next :meth:`sync_weights`; nothing without ``sleep``."""
+        if self.sleep and not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = {"weights", "kv_cache"}
 
     def generate(
         self, prompts: list[list[int]], groups: list[int], samples: int, max_new_tokens: int, temperature: float,
@@ -125,9 +157,6 @@ class VLLMEngine:
                 logps = [step[t].logprob for step, t in zip(c.logprobs, tokens)]
                 stopped = bool(tokens) and tokens[-1] in self.stop_ids
                 rollouts.append(Rollout(list(prompt), tokens, logps, "stop" if stopped else "length", group))
-        if self.sleep:
-            self.llm.sleep(level=1)  # weights to host memory, KV cache dropped: the update gets the memory
-            self._asleep = {"weights", "kv_cache"}
         return RolloutBatch(rollouts)
 
     def _wake(self, tags: set[str]) -> None:

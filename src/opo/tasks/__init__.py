@@ -40,10 +40,15 @@ def _named_task(t: TaskConfig, for_training: bool) -> Task:
     )
 
 
-def limit_prompt_length(task: Task, tokenizer: Any, model: Any, max_new_tokens: int) -> None:
+def limit_prompt_length(task: Task, tokenizer: Any, model: Any, max_new_tokens: int,
+                        engine_limit: Optional[int] = None) -> None:
     """Make ``task`` refuse (or, with task.skip_bad_rows, leave out) prompts whose token count plus
-    ``max_new_tokens`` exceeds the model's context, so no step fails or silently degrades later."""
+    ``max_new_tokens`` exceeds the model's context, or the sampler's own limit ``engine_limit``
+    (vLLM's ``max_model_len``), so no step fails or silently degrades later."""
     context = getattr(model.config, "max_position_embeddings", None)
+    what = "the model's context"
+    if engine_limit is not None and (context is None or engine_limit < context):
+        context, what = engine_limit, "vllm.max_model_len"
     if context is None:  # the model states no limit
         return
 
@@ -51,7 +56,7 @@ def limit_prompt_length(task: Task, tokenizer: Any, model: Any, max_new_tokens: 
         n = len(encode(tokenizer, [example])[0])
         if n + max_new_tokens <= context:
             return None
-        return (f"prompt of {n} tokens + {max_new_tokens} new tokens exceeds the model's context of {context} "
-                "tokens (max_position_embeddings)")
+        return (f"prompt of {n} tokens + {max_new_tokens} new tokens exceeds {what} of {context} tokens"
+                + (" (max_position_embeddings)" if what == "the model's context" else ""))
 
     task.limit_prompts(problem)
