@@ -13,9 +13,9 @@ mkdir -p runs
 [ -f runs/demo-vllm/summary.json ] || $OPO train rollout.engine=vllm run.threads=2 run.progress=false \
   run.dir=runs/demo-vllm > runs/demo-vllm.log 2>&1
 
-# 2. the gap with a bf16 sampler and an fp32 trainer: 5 steps each, no correction, tis, mis
+# 2. the gap with a bf16 sampler and an fp32 trainer: 3 steps each, no correction, tis, mis
 for c in none tis mis; do
   [ -f runs/demo-vllm-bf16-$c/summary.json ] || $OPO train rollout.engine=vllm rollout.precision=bf16 \
-    run.precision=fp32 algo.correction=$c train.steps=5 train.eval_before=false task.eval_size=20 \
+    run.precision=fp32 algo.correction=$c train.steps=3 train.eval_before=false task.eval_size=20 \
     run.threads=2 run.progress=false run.dir=runs/demo-vllm-bf16-$c > runs/demo-vllm-bf16-$c.log 2>&1
 done
