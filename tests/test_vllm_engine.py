@@ -136,7 +136,7 @@ def test_a_sampler_without_the_policys_weights_is_refused(policy_engine):
     try:
         with torch.no_grad():
             embed.mul_(20)  # the tied output layer too: logits 20x sharper than vLLM's
-        with pytest.raises(RuntimeError, match="vLLM did not take some of LlamaForCausalLM's weights"):
+        with pytest.raises(ValueError, match="vLLM did not take some of LlamaForCausalLM's weights"):
             engine._check_sync()
         engine.sync_weights()
         engine._check_sync()

@@ -38,8 +38,8 @@ def import_vllm() -> Any:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     try:
         import vllm
-    except ImportError as e:
-        raise ImportError(f"rollout engine 'vllm': {INSTALL_HINT} ({e})") from None
+    except ImportError as e:  # a ValueError: the CLI reports input errors in one line (exit 2)
+        raise ValueError(f"rollout engine 'vllm': {INSTALL_HINT} ({e})") from None
     return vllm
 
 
@@ -117,7 +117,7 @@ class VLLMEngine:
         trainer = logits.log_softmax(-1).gather(-1, ids[0, len(prompt):, None]).squeeze(-1).cpu()  # (L,)
         gap = float((trainer - torch.tensor(r.logprobs)).abs().mean())
         if gap > tolerance:
-            raise RuntimeError(f"rollout.engine=vllm: vLLM's log-probs differ from the policy's by {gap:.3f} per token "
+            raise ValueError(f"rollout.engine=vllm: vLLM's log-probs differ from the policy's by {gap:.3f} per token "
                                f"after loading its weights (at most {tolerance} expected): vLLM did not take some of "
                                f"{type(self.policy).__name__}'s weights; set VLLM_LOGGING_LEVEL=WARNING to see which, "
                                "or use rollout.engine=hf")
