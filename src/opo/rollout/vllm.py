@@ -83,12 +83,12 @@ class VLLMEngine:
             # vLLM's GPU worker lowers torch to 1 thread for serving, which the trainer's CPU work would
             # inherit; its CPU worker instead makes set_num_threads a no-op and keeps the current count
             torch.set_num_threads(threads)
+            self._asleep: set[str] = set()  # what sleep mode released: weights, kv_cache
+            self.sync_weights()
+            self._check_sync()
         except BaseException:
-            shutil.rmtree(self._config_dir, ignore_errors=True)
+            self.close()
             raise
-        self._asleep: set[str] = set()  # what sleep mode released: weights, kv_cache
-        self.sync_weights()
-        self._check_sync()
 
     @torch.no_grad()
     def sync_weights(self) -> None:
@@ -118,9 +118,9 @@ class VLLMEngine:
         gap = float((trainer - torch.tensor(r.logprobs)).abs().mean())
         if gap > tolerance:
             raise ValueError(f"rollout.engine=vllm: vLLM's log-probs differ from the policy's by {gap:.3f} per token "
-                               f"after loading its weights (at most {tolerance} expected): vLLM did not take some of "
-                               f"{type(self.policy).__name__}'s weights; set VLLM_LOGGING_LEVEL=WARNING to see which, "
-                               "or use rollout.engine=hf")
+                             f"after loading its weights (at most {tolerance} expected): vLLM did not take some of "
+                             f"{type(self.policy).__name__}'s weights; set VLLM_LOGGING_LEVEL=WARNING to see which, "
+                             "or use rollout.engine=hf")
 
     def offload(self) -> None:
         """Give the accelerator's memory to the update (sleep mode: weights to host memory, KV cache
