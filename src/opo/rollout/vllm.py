@@ -24,6 +24,7 @@ import torch
 from transformers import PreTrainedModel
 
 from opo.distributed import full_tensor
+from opo.lora import lora_layers, merged_parameters
 from opo.rollout.base import Rollout, RolloutBatch
 
 INSTALL_HINT = ("the vLLM engine needs vLLM: on a CUDA machine `pip install 'opo-rl[vllm]'`; on CPU, "
@@ -96,8 +97,9 @@ class VLLMEngine:
         process must call it)."""
         self._wake({"weights"})  # the KV cache only when sampling: a lower peak while loading
         # tied weights under every name: vLLM's layer-wise reload re-processes a layer (the CPU backend's
-        # packed lm_head) only when its own name arrives
-        weights = ((name, full_tensor(p).detach()) for name, p in self.policy.named_parameters(remove_duplicate=False))
+        # packed lm_head) only when its own name arrives; LoRA adapters merged into their layers' weights
+        named = ((name, full_tensor(p).detach()) for name, p in self.policy.named_parameters(remove_duplicate=False))
+        weights = merged_parameters(named, lora_layers(self.policy))
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()  # cached prompt states belong to the old weights
 
