@@ -5,6 +5,7 @@ from typing import Any, Optional
 from opo.config import TaskConfig
 from opo.tasks.base import Example, Graded, Task
 from opo.tasks.chat import decode, encode
+from opo.tasks.dataset import load_sources
 from opo.tasks.math import MathTask
 from opo.tasks.preference import PreferenceTask
 from opo.tasks.reasoning_gym import ReasoningGymTask
@@ -33,10 +34,11 @@ def _named_task(t: TaskConfig, for_training: bool) -> Task:
     if t.name == "preference":
         return PreferenceTask(t.data_path, t.prompt_template, t.system_prompt, t.seed, t.eval_seed, t.eval_size,
                               t.skip_bad_rows, t.exclude_eval, for_training, t.pair_orders)
+    source, held_out = load_sources(t) if t.name == "dataset" else (None, None)
     return MathTask(
         t.name, t.data_path, t.question_field, t.answer_field, t.answer_format, t.prompt_template, t.system_prompt,
         t.extractor, t.eval_size, t.grader_workers, t.grader_timeout, t.skip_bad_rows, exclude_eval=t.exclude_eval,
-        for_training=for_training,
+        for_training=for_training, source=source, held_out=held_out,
     )
 
 
