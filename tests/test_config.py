@@ -14,9 +14,16 @@ def test_defaults_validate_and_describe_every_key():
     cfg = load_config()
     assert cfg.algo.advantage == "opo" and not cfg.off_policy
     text = describe(Config())
-    for section, values in cfg.to_dict().items():
-        for name in values:
-            assert f"{section}.{name} (" in text
+
+    def keys(values, prefix):  # nested sections (model.lora, train.wandb) down to their keys
+        for name, value in values.items():
+            yield from keys(value, f"{prefix}{name}.") if isinstance(value, dict) and name not in (
+                "generator_args", "advantage_params", "loss_params") else [f"{prefix}{name}"]
+
+    listed = list(keys(cfg.to_dict(), ""))
+    assert "model.lora.rank" in listed and "train.wandb.project" in listed
+    for key in listed:
+        assert f"{key} (" in text, key
 
 
 def test_overrides_are_typed():

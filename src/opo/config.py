@@ -334,6 +334,7 @@ class Config:
         KL_ESTIMATORS.check("algo.kl_estimator", self.algo.kl_estimator)
         self.hybrid.validate()
         self.judge.validate()
+        self.train.wandb.validate()
         _check_engine("rollout.engine", self.rollout.engine, self.hybrid.enabled, self.vllm)
         if self.judge.enabled and (self.hybrid.enabled or self.task.reward_fn or self.task.name == "preference"):
             other = "hybrid.enabled" if self.hybrid.enabled else "task.reward_fn" if self.task.reward_fn \

@@ -27,7 +27,8 @@ from opo.errors import ConfigError
 
 LOCK = ".lock"
 # what a run writes; a directory holding any of these holds a run
-RUN_FILES = ("metrics.jsonl", "samples.jsonl", "config.yaml", "summary.json", "checkpoints", "tensorboard")
+RUN_FILES = ("metrics.jsonl", "samples.jsonl", "config.yaml", "summary.json", "checkpoints", "tensorboard", "wandb",
+             "wandb-run-id")
 
 
 class RunDirLock:
@@ -84,7 +85,7 @@ def check_writable(path: Path, key: str = "run.dir") -> None:
 # replicated, and between process counts); not train.eval_max_new_tokens: the prompt-length check,
 # and so task.skip_bad_rows, depends on it
 RESUMABLE = ("train.fsdp", "train.steps", "train.eval_every", "train.eval_before", "train.eval_n", "train.eval_k",
-             "train.eval_temperature", "train.shift_every", "train.tensorboard", "train.max_bad_steps",
+             "train.eval_temperature", "train.shift_every", "train.tensorboard", "train.wandb", "train.max_bad_steps",
              "train.overwrite", "run.threads", "run.progress", "run.dir", "checkpoint.every", "checkpoint.keep",
              "checkpoint.resume", "checkpoint.allow_changes", "task.grader_workers", "task.grader_timeout",
              "task.reward_timeout", "repetition.n", "repetition.min_count", "hybrid.eval_samples", "hybrid.eval_margin",
