@@ -156,16 +156,16 @@ def apply_settings(root: Any, path: Optional[str], overrides: list[str], aliases
         if not isinstance(data, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping of sections")
         for key, value in _flatten(root, data, path):
-            set_key(root, _current(key, moved), value)
+            set_key(root, current_key(key, moved), value)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key, text = item.split("=", 1)
-        key = _current(aliases.get(key.strip(), key.strip()), moved)
+        key = current_key(aliases.get(key.strip(), key.strip()), moved)
         set_key(root, key, text_value(text) if _is_text(root, key) else parse_value(text))
 
 
-def _current(key: str, moved: dict[str, str]) -> str:
+def current_key(key: str, moved: dict[str, str]) -> str:
     if key in moved:
         raise ConfigError(f"config key '{key}' is now '{moved[key]}'")
     return key

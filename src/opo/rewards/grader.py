@@ -11,6 +11,7 @@ by itself) only work on a main thread; a killed process always returns control.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import re
@@ -135,6 +136,17 @@ STARTUP_TIMEOUT = 120.0  # seconds a worker may take to load its function
 FLOAT32_MAX = 3.4028234663852886e38  # rewards become float32 where advantages are computed
 
 
+WORKER_ENV = "OPO_GRADER_WORKER"  # set in a worker: opo's Python API refuses to train or evaluate there
+
+
+def worker_env() -> dict[str, str]:
+    """A worker's environment: this process's, with this process's import path in front of PYTHONPATH, so
+    a worker imports the function's module wherever this process found it (e.g. beside a script run
+    from another directory), and :data:`WORKER_ENV` set."""
+    paths = [p for p in sys.path if p] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), WORKER_ENV: "1"}
+
+
 def _forward(stream: TextIO, prefix: str) -> None:
     """Copy a worker's stderr (all its function prints) to this process's stderr, each line
     prefixed, until the worker exits."""
@@ -182,7 +194,7 @@ class GraderPool:
             [sys.executable, "-m", "opo.rewards.grader_worker", self.fn],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL if self.output is None else subprocess.PIPE,
-            text=True, encoding="utf-8", errors="replace", bufsize=1,
+            text=True, encoding="utf-8", errors="replace", bufsize=1, env=worker_env(),
         )
         self._procs[i] = proc
         if self.output is not None:
