@@ -89,6 +89,24 @@ def test_a_lora_update_moves_only_the_adapters_and_adamw_keeps_state_for_them_al
     assert sum(t.numel() for t in state) == 2 * lora.parameter_counts(model)["params/trainable"]
 
 
+@pytest.mark.parametrize("advantage", ["opo", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"])
+def test_every_estimator_trains_the_adapters_on_and_off_policy_with_a_kl_term(advantage):
+    from opo.algos.advantages import ADVANTAGES
+    from opo.run import build_optimizer
+
+    model, tok, _ = adapted()
+    data = step_data(model, tok)
+    data.advantages = ADVANTAGES.get(advantage)(torch.rand(len(data.mask)), data.mask, data.group_index)
+    cfg = cfg_for(**{"optim.lr": 1e-2, "algo.loss": "ppo_clip", "algo.mini_batches": 2, "algo.kl_coef": 0.1})
+    reference = load_model("tiny", seed=0)[0].requires_grad_(False)  # the initial policy: the base
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    metrics = update(model, build_optimizer(model, cfg.optim), cfg, data, ref_model=reference,
+                     generator=torch.Generator().manual_seed(0))
+    assert metrics["optimizer_steps"] == 2 and metrics["kl_ref"] >= 0
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(".lora_" in n for n in moved)
+
+
 def test_the_bf16_sampler_copy_follows_the_adapters_after_a_sync():
     model, tok, _ = adapted(randomize=False)
     engine = HFEngine(model, [tok.eos_token_id], tok.pad_token_id, "bf16", seed=0)

@@ -129,6 +129,28 @@ def test_a_weight_sync_changes_the_samples(policy_engine):
     assert [r.completion for r in engine.generate(prompts, [0, 1, 2], 1, 8, 0.0).rollouts] == greedy
 
 
+def test_a_lora_policy_reaches_vllm_as_merged_weights(policy_engine):
+    from opo.config import LoraSettings
+    from opo.lora import add_adapters
+
+    model, tok, engine = policy_engine
+    prompts = prompts_of(tok)
+    greedy = [r.completion for r in engine.generate(prompts, [0, 1, 2], 1, 8, 0.0).rollouts]
+    wrapped = add_adapters(model, LoraSettings(rank=4), "test")
+    try:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.2)
+        assert max_gap(model, engine.generate(prompts, [0, 1, 2], 2, 8, 1.0), 1.0) > 0.05  # not synced yet
+        engine.sync_weights()
+        assert max_gap(model, engine.generate(prompts, [0, 1, 2], 2, 8, 1.0), 1.0) < 1e-3
+    finally:
+        wrapped.unload()  # the plain model back, for the other tests
+        engine.sync_weights()
+    assert [r.completion for r in engine.generate(prompts, [0, 1, 2], 1, 8, 0.0).rollouts] == greedy
+
+
 def test_a_sampler_without_the_policys_weights_is_refused(policy_engine):
     model, tok, engine = policy_engine
     embed = model.get_input_embeddings().weight
