@@ -9,12 +9,10 @@ cd "$(dirname "$0")/.."
 OPO=.venv/bin/opo
 mkdir -p runs
 
-run() {  # name, settings...
+run() {  # name, settings... (checkpoint.resume=true: a fresh run starts at step 0, a killed one continues)
   local name=$1; shift
   [ -f runs/$name/summary.json ] && return
-  local resume=()
-  [ -d runs/$name/checkpoints ] && resume=(checkpoint.resume=true)
-  $OPO train "$@" run.threads=2 run.progress=false checkpoint.every=5 run.dir=runs/$name "${resume[@]}" \
+  $OPO train "$@" run.threads=2 run.progress=false checkpoint.every=5 run.dir=runs/$name checkpoint.resume=true \
     >> runs/$name.log 2>&1
 }
 

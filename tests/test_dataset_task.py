@@ -200,7 +200,7 @@ def hub_probe_must_not_run(endpoint, timeout=5.0):
 def test_a_hub_id_offline_fails_at_once_with_one_line(monkeypatch, library_offline):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", library_offline)
-    monkeypatch.setattr("opo.models._hub_reachable", hub_probe_must_not_run)
+    monkeypatch.setattr("opo.models.hub_reachable", hub_probe_must_not_run)
     with pytest.raises(ValueError) as e:
         task("openai/gsm8k", dataset_config="main")
     assert str(e.value).startswith("task.data_path 'openai/gsm8k' (task.dataset_config='main') is not a local path, "
@@ -213,7 +213,7 @@ def test_a_hub_id_without_network_fails_after_one_probe_saying_so(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     probes = []
-    monkeypatch.setattr("opo.models._hub_reachable", lambda endpoint, timeout=5.0: probes.append(endpoint) or False)
+    monkeypatch.setattr("opo.models.hub_reachable", lambda endpoint, timeout=5.0: probes.append(endpoint) or False)
     with pytest.raises(ValueError, match=r"^task.data_path 'someone/problems' is not a local path.* and no network "
                                          r"\(https://\S+ did not answer\)"):
         task("someone/problems")

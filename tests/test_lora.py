@@ -74,6 +74,17 @@ def test_an_adapter_checkpoint_loads_as_its_base_with_the_adapters_merged(tmp_pa
     assert float((logits(loaded) - logits(model)).abs().max()) < 1e-5
 
 
+def test_a_peft_adapter_without_a_tokenizer_loads_with_its_bases_and_a_damaged_one_is_named(tmp_path):
+    model, _, wrapped = adapted()
+    lora.save(wrapped, tmp_path)  # no tokenizer files, as most PEFT adapters
+    loaded, tok = load_model(str(tmp_path))
+    assert float((logits(loaded) - logits(model)).abs().max()) < 1e-5 and tok.pad_token_id is not None
+    weights = tmp_path / lora.ADAPTER_WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(ValueError, match=r"adapter_model.safetensors is truncated"):
+        load_model(str(tmp_path))
+
+
 def test_a_lora_update_moves_only_the_adapters_and_adamw_keeps_state_for_them_alone(tiny):
     model, tok, _ = adapted()
     from opo.run import build_optimizer

@@ -151,7 +151,7 @@ def test_a_hub_id_without_network_fails_in_seconds():
     assert time.monotonic() - started < 20  # not a minute of retries
     assert isinstance(err.value, ValueError) and "\n" not in str(err.value)
     assert str(err.value).startswith("model.path 'opo-test-nobody/no-such-model'")
-    from opo.models import _hub_reachable
+    from opo.models import hub_reachable
 
-    if not _hub_reachable(constants.ENDPOINT):  # this sandbox: no network to the hub
+    if not hub_reachable(constants.ENDPOINT):  # this sandbox: no network to the hub
         assert "not found locally" in str(err.value) and "no network" in str(err.value)

@@ -103,3 +103,23 @@ def test_a_setting_added_since_the_run_started_is_no_change_at_its_default():
     now = load_config(overrides=["hybrid.enabled=true"]).to_dict()
     assert rundir.config_changes(saved, now, defaults=defaults) == ["hybrid.enabled: False -> True"]
     assert len(rundir.config_changes(saved, load_config().to_dict())) == 5  # without defaults: each new key but 3 resumable ones
+
+
+def test_lora_settings_cannot_change_on_resume_even_when_changes_are_allowed(tmp_path):
+    run(tmp_path, "train.steps=1", "model.lora.rank=2")
+    for change in ("model.lora.rank=4", "model.lora.rank=0"):  # other adapters; full weights from an adapter
+        with pytest.raises(ConfigError, match=r"model.lora: .*cannot change on resume"):
+            run(tmp_path, "train.steps=2", "checkpoint.resume=true", "checkpoint.allow_changes=true", change)
+    run(tmp_path, "train.steps=2", "checkpoint.resume=true", "model.lora.rank=2")
+    assert steps(tmp_path) == [1, 1, 2, 2]
+
+
+def test_a_wandb_folder_is_the_runs_only_beside_its_run_id(tmp_path):
+    (tmp_path / "wandb").mkdir()  # W&B's default folder of some other project
+    (tmp_path / "wandb" / "offline-run-x").mkdir()
+    run(tmp_path, "train.steps=1")  # not taken for an earlier run
+    run(tmp_path, "train.steps=1", "train.overwrite=true")
+    assert (tmp_path / "wandb" / "offline-run-x").is_dir()  # and never deleted
+    (tmp_path / "wandb-run-id").write_text("abc\n")  # an opo run's W&B folder: replaced with the run
+    run(tmp_path, "train.steps=1", "train.overwrite=true")
+    assert not (tmp_path / "wandb").exists()

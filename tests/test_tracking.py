@@ -241,6 +241,6 @@ def test_an_exception_finishes_the_wandb_run_as_failed_and_a_new_run_gets_a_new_
     assert crashed["exit_code"] == 1 and [h["step"] for h in crashed["history"]] == [1, 2]
     monkeypatch.undo()
     train(load_config(None, [*args, "train.overwrite=true"]))  # a new run in its place: a new W&B run
-    crashed, new = read_wandb(run_dir)
+    [new] = read_wandb(run_dir)  # the old run's W&B folder went with the rest of it
     assert new["id"] != crashed["id"] and new["id"] == (run_dir / WANDB_ID_FILE).read_text().strip()
     assert new["exit_code"] == 0 and [h["step"] for h in new["history"]] == [1, 2, 3, 3]

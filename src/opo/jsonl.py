@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional, TypeVar, Union
 
 T = TypeVar("T")
 
@@ -57,7 +57,7 @@ def read_rows(path: Path, parse: Callable[[dict, int], T], skip_bad: bool, skip_
     return rows, skipped
 
 
-def warn_skipped(path: Path, reasons: list[str], skip_key: str, shown: int = 5) -> None:
+def warn_skipped(path: Union[Path, str], reasons: list[str], skip_key: str, shown: int = 5) -> None:
     """One warning naming the first ``shown`` rows left out and how many there were."""
     more = f"; and {len(reasons) - shown} more" if len(reasons) > shown else ""
     print(f"opo: warning: {path}: skipped {len(reasons)} bad row{'s' * (len(reasons) > 1)} ({skip_key}=true): "

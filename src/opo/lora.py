@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 import torch
+from safetensors import SafetensorError
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -63,7 +64,7 @@ def _quiet() -> Iterator[None]:
 def add_adapters(model: torch.nn.Module, settings: Any, base_path: str) -> Any:
     """Inject fresh LoRA layers (``settings``: :class:`opo.config.LoraSettings`) into ``model`` in
     place and freeze every other weight; returns the PEFT wrapper (used to save the adapter).
-    A and B are drawn from torch's global generator, seeded by run.seed."""
+    A is drawn from torch's global generator (seeded by run.seed), B starts at zero."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha_value, lora_dropout=settings.dropout,
@@ -86,12 +87,12 @@ def load_adapters(model: torch.nn.Module, path: str, trainable: bool) -> Any:
     with _quiet():
         try:
             wrapped = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
-        except (OSError, ValueError, RuntimeError, KeyError) as e:
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as e:
             first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
             raise ValueError(f"model.path '{path}': cannot load the LoRA adapter onto its base model: {first}") \
                 from None
-    _check_plain_head(model, wrapped.peft_config["default"].target_modules)
-    if trainable:
+    if trainable:  # merged at once otherwise: a merged head is a plain one
+        _check_plain_head(model, wrapped.peft_config["default"].target_modules)
         _dropout_in_gradient_passes(model)
     return wrapped
 
@@ -139,7 +140,7 @@ def merged_parameters(named: Iterable[tuple[str, torch.Tensor]], layers: dict[st
                       ) -> Iterator[tuple[str, torch.Tensor]]:
     """The merged model's parameters under the plain model's names, from the adapted model's
     ``named`` (full) tensors and its LoRA ``layers`` (:func:`lora_layers`): W + (alpha / r) B A for
-    each adapted layer, every other parameter as it is. With no layers, ``named`` itself."""
+    each adapted layer, every other tensor as it is (with no layers: ``named`` unchanged)."""
     weights = dict(named)
     for name, value in weights.items():
         module, _, leaf = name.rpartition(".")
@@ -160,7 +161,7 @@ def merged_parameters(named: Iterable[tuple[str, torch.Tensor]], layers: dict[st
 
 def save(wrapped: Any, out: Path, weights: Optional[dict[str, torch.Tensor]] = None) -> None:
     """Write the adapter in PEFT's format and the base model's config.json into ``out``;
-    ``weights``: the plain model's full state dict where its own is sharded."""
+    ``weights``: the adapted model's full state dict where its own is sharded."""
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -176,7 +177,7 @@ def save_merged(model: torch.nn.Module, tokenizer: Any, out: Path,
                 weights: Optional[dict[str, torch.Tensor]] = None) -> None:
     """A complete model with the adapters merged into its weights, loadable anywhere, in ``out``;
     ``weights``: the adapted model's full state dict where its own is sharded."""
-    named = weights.items() if weights is not None else model.named_parameters(remove_duplicate=False)
+    named = (weights if weights is not None else model.state_dict()).items()  # buffers included
     model.save_pretrained(out, state_dict=dict(merged_parameters(named, lora_layers(model))))
     tokenizer.save_pretrained(out)
 

@@ -146,9 +146,7 @@ def load_model(
     A LoRA checkpoint (a directory with ``adapter_config.json``) loads as its base model with the
     adapters merged into the weights."""
     if lora.is_adapter_dir(path):
-        model, _ = load_model(lora.adapter_base(path), trust_remote_code, seed, attention)
-        tok = tokenizer if tokenizer is not None else _load_tokenizer(path, path, trust_remote_code)
-        return lora.load_adapters(model, path, trainable=False).merge_and_unload(), tok
+        return _load_adapter_model(path, trust_remote_code, seed, attention, tokenizer)
     src = _resolve(path)
     tok = tokenizer if tokenizer is not None else _load_tokenizer(path, src, trust_remote_code)
     if path == "tiny":
@@ -159,6 +157,26 @@ def load_model(
     model.set_attn_implementation(attention)
     check_reproducible_logits(model, path)
     return model, tok
+
+
+def _load_adapter_model(path: str, trust_remote_code: bool, seed: int, attention: str,
+                        tokenizer: Optional[PreTrainedTokenizerBase]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A PEFT adapter directory as its base model with the adapters merged in; the adapter's own
+    tokenizer where it has one (opo's checkpoints do), else the base's."""
+    src = str(Path(path).expanduser())
+    problem = checkpoint.weights_damage(Path(src))
+    if problem is not None:
+        raise ValueError(f"model.path '{path}': {problem}")
+    base = lora.adapter_base(src)
+    try:
+        model, base_tok = load_model(base, trust_remote_code, seed, attention)
+    except ValueError as e:
+        raise ValueError(f"model.path '{path}' is a LoRA adapter whose base model (base_model_name_or_path in "
+                         f"{Path(src) / lora.ADAPTER_CONFIG}) cannot be loaded: {e}") from None
+    if tokenizer is None:
+        has_own = any((Path(src) / f).exists() for f in _TOKENIZER_FILES)
+        tokenizer = _load_tokenizer(path, src, trust_remote_code) if has_own else base_tok
+    return lora.load_adapters(model, src, trainable=False).merge_and_unload(), tokenizer
 
 
 def _load_weights(path: str, src: str, trust_remote_code: bool) -> PreTrainedModel:
@@ -300,7 +318,7 @@ def _refuse_pickle_weights(path: str) -> None:
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
                     "spiece.model", "sentencepiece.bpe.model", "tiktoken.model")
 # a hub repository id: "name" or "owner/name" (letters, digits, '-', '_', '.')
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
 HUB_PROBE_TIMEOUT_S = 5.0
 
 
@@ -310,7 +328,7 @@ def _resolve(path: str) -> str:
     if path in ("embedded", "tiny"):
         return str(embedded_model_dir())
     local = Path(path).expanduser()
-    if not local.exists() and _HUB_ID.match(path) and not path.endswith(".gguf"):
+    if not local.exists() and HUB_ID.match(path) and not path.endswith(".gguf"):
         return _resolve_hub_id(path)
     _check_model_dir(path, local)
     return str(local)
@@ -379,8 +397,8 @@ def _resolve_hub_id(path: str) -> str:
     a minute of retries."""
     from huggingface_hub import constants, snapshot_download
 
-    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-    if not offline and _hub_reachable(constants.ENDPOINT):
+    offline = constants.HF_HUB_OFFLINE or offline_by_environment()
+    if not offline and hub_reachable(constants.ENDPOINT):
         return path
     try:
         cached = snapshot_download(path, local_files_only=True)
@@ -396,7 +414,12 @@ def _resolve_hub_id(path: str) -> str:
     )
 
 
-def _hub_reachable(endpoint: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+def offline_by_environment() -> bool:
+    """Whether HF_HUB_OFFLINE is set now (libraries read it once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
     """Whether ``endpoint`` answers an HTTP request (through a configured proxy too) within
     ``timeout`` seconds; one attempt, no retries (a name lookup that hangs counts as no answer)."""
     answered: list[bool] = []

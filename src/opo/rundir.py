@@ -27,7 +27,7 @@ from opo.errors import ConfigError
 
 LOCK = ".lock"
 # what a run writes; a directory holding any of these holds a run
-RUN_FILES = ("metrics.jsonl", "samples.jsonl", "config.yaml", "summary.json", "checkpoints", "tensorboard", "wandb",
+RUN_FILES = ("metrics.jsonl", "samples.jsonl", "config.yaml", "summary.json", "checkpoints", "tensorboard",
              "wandb-run-id")
 
 
@@ -90,6 +90,9 @@ RESUMABLE = ("train.fsdp", "train.steps", "train.eval_every", "train.eval_before
              "checkpoint.resume", "checkpoint.allow_changes", "task.grader_workers", "task.grader_timeout",
              "task.reward_timeout", "repetition.n", "repetition.min_count", "hybrid.eval_samples", "hybrid.eval_margin",
              "hybrid.group_by")
+
+
+FIXED_ON_RESUME = ("model.lora:",)  # the checkpoint holds adapters of these settings, or full weights
 
 
 def config_changes(before: dict[str, Any], now: dict[str, Any], resumable: tuple[str, ...] = RESUMABLE,
@@ -160,6 +163,11 @@ def check_same_settings(ckpt: Path, c: Claim, say: Callable[[str], None]) -> Non
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"resume: cannot read the settings of {ckpt} ({saved}: {e})") from e
     changes = config_changes(before, c.settings, c.resumable, c.defaults)
+    fixed = [change for change in changes if change.startswith(FIXED_ON_RESUME)]
+    if fixed:
+        raise ConfigError(f"resume: {'; '.join(fixed)}: the checkpoint's weights were trained with the run's LoRA "
+                          f"settings ({saved}), so they cannot change on resume, even with checkpoint.allow_changes; "
+                          "start a new run (model.path can be a merged checkpoint)")
     if changes and not c.allow_changes:
         older = "run" not in before  # keys renamed since: the settings cannot be compared one by one
         raise ConfigError(f"resume: these settings differ from the run's ({saved}): {'; '.join(changes)}. "
@@ -175,6 +183,8 @@ def prepare(run_dir: Path, resume: bool, overwrite: bool, overwrite_key: str = "
     run's, its logs appended to); with ``overwrite``, delete the old run first. Removes checkpoint
     directories that a killed save left half-written. Call with the directory locked."""
     found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if "wandb-run-id" in found and (run_dir / "wandb").is_dir():  # W&B's folder is opo's only beside opo's id
+        found.append("wandb")
     if found and not resume:
         if not overwrite:
             last = checkpoint.latest(run_dir / "checkpoints")

@@ -76,12 +76,14 @@ class WandbWriter:
         try:
             self.run = wandb.init(project=settings.project, name=settings.name or run_dir.resolve().name,
                                   tags=[str(t) for t in settings.tags], entity=settings.entity,
-                                  group=settings.group, dir=str(run_dir), config=config, id=run_id,
+                                  group=settings.group, dir=str(run_dir), id=run_id,
                                   resume="allow",
                                   # online: wandb's own choice, so WANDB_MODE=offline or `wandb offline` still wins
                                   mode=None if settings.mode == "online" else settings.mode)
             # x axis: opo's step, logged as a metric. A resumed run logs again the steps after its
             # checkpoint; with step= wandb would drop them as older than its own last step.
+            # a resume may change resumable settings (train.steps, ...): W&B must take the new values
+            self.run.config.update(config, allow_val_change=True)
             self.run.define_metric("step")
             self.run.define_metric("*", step_metric="step")
         except Exception as e:  # no API key, no network, a bad entity: say so before any training
@@ -102,10 +104,17 @@ class WandbWriter:
                   "keeps every row", file=sys.stderr)
 
     def summary(self, summary: dict[str, Any]) -> None:
-        self.run.summary.update(flatten(summary))
+        try:
+            self.run.summary.update(flatten(summary))
+        except Exception as e:  # the run is done and summary.json written: W&B trouble does not fail it
+            print(f"opo: warning: wandb did not take the summary ({_one_line(e)}); summary.json has it", file=sys.stderr)
 
     def close(self, failed: bool = False) -> None:
-        self.run.finish(exit_code=1 if failed else 0)
+        try:
+            self.run.finish(exit_code=1 if failed else 0)
+        except Exception as e:
+            print(f"opo: warning: wandb did not finish its run ({_one_line(e)}); 'wandb sync' uploads what it wrote",
+                  file=sys.stderr)
 
 
 class Tracker:

@@ -310,7 +310,7 @@ def _open_logs(run_dir: Path, cfg: Config, d: Dist, last_step: int, held: contex
     return logs
 
 
-def _held_out(run: Run, log: Optional[JsonlLogger] = None, step: int = 0) -> dict[str, float]:
+def _held_out(run: Run, log: Optional[Tracker] = None, step: int = 0) -> dict[str, float]:
     """Held-out metrics; every process evaluates its share of the problems. With ``log`` (rank 0's)
     they are logged as their own row at ``step``."""
     cfg, t0 = run.cfg, time.time()

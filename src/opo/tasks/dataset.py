@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import math
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -39,7 +38,7 @@ def open_splits(path: str, config: Optional[str]) -> dict[str, Any]:
     and data files given by name are one split, 'train' (as ``load_dataset`` names them)."""
     import datasets  # here: importing it takes seconds
 
-    from opo.models import _HUB_ID  # here: it imports torch
+    from opo.models import HUB_ID  # here: it imports torch
 
     local = Path(path).expanduser()
     markers = (datasets.config.DATASETDICT_JSON_FILENAME, datasets.config.DATASET_STATE_JSON_FILENAME)
@@ -59,7 +58,7 @@ def open_splits(path: str, config: Optional[str]) -> dict[str, Any]:
             raise ValueError(f"{who}: cannot read '{local.suffix}' files; task.name=dataset reads "
                              f"{', '.join(FORMATS)} files, directories and hub ids (docs/datasets.md)")
         data = _load(who, lambda: datasets.load_dataset(builder, data_files=str(local)))
-    elif _HUB_ID.match(path) and local.suffix.lower() not in FORMATS:
+    elif HUB_ID.match(path) and local.suffix.lower() not in FORMATS:
         data = _load_hub(datasets, who, path, config)
     else:
         raise ValueError(f"task.data_path '{path}' does not exist")
@@ -70,6 +69,8 @@ def _load(who: str, load: Callable[[], Any]) -> Any:
     """``load()``, any failure of it a one-line ValueError naming the setting (not a long traceback)."""
     try:
         return load()
+    except _NotCached:
+        raise
     except Exception as e:  # datasets raises many kinds for unreadable data
         raise ValueError(f"{who} cannot be read: {type(e).__name__}: {' '.join(str(e).split())}") from None
 
@@ -77,23 +78,37 @@ def _load(who: str, load: Callable[[], Any]) -> Any:
 def _load_hub(datasets: Any, who: str, path: str, config: Optional[str]) -> Any:
     """The hub dataset ``path`` (every split) when the hub answers, else its copy in the local cache;
     with neither a one-line ValueError within about 5 seconds instead of a minute of retries."""
-    from opo.models import _hub_reachable  # here: it imports torch
+    from opo.models import hub_reachable, offline_by_environment  # here: it imports torch
 
-    env = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")  # also when set after import
-    offline = datasets.config.HF_HUB_OFFLINE or env
-    if not offline and _hub_reachable(datasets.config.HF_ENDPOINT):
+    offline = datasets.config.HF_HUB_OFFLINE or offline_by_environment()
+    if not offline and hub_reachable(datasets.config.HF_ENDPOINT):
         return _load(who, lambda: datasets.load_dataset(path, name=config))
     # datasets' own offline mode looks in its cache at once, without trying the network
     before, datasets.config.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE, True
     try:
-        return datasets.load_dataset(path, name=config)
-    except Exception:  # not cached (datasets raises ConnectionError or FileNotFoundError)
+        return _load(who, lambda: _from_cache(datasets, path, config))
+    except _NotCached:
         why = "HF_HUB_OFFLINE is set" if offline else f"no network ({datasets.config.HF_ENDPOINT} did not answer)"
         raise ValueError(f"{who} is not a local path, and as a hub id it is not in the local cache "
                          f"({datasets.config.HF_DATASETS_CACHE}) and {why}: check the path, or load the dataset "
                          "once with network") from None
     finally:
         datasets.config.HF_HUB_OFFLINE = before
+
+
+class _NotCached(Exception):
+    pass
+
+
+def _from_cache(datasets: Any, path: str, config: Optional[str]) -> Any:
+    """``path`` from the local cache (hub offline); _NotCached when it is not there. Other failures
+    (a bad configuration or split of a cached dataset) pass through with their own message."""
+    from datasets.exceptions import DatasetNotFoundError
+
+    try:
+        return datasets.load_dataset(path, name=config)
+    except (ConnectionError, FileNotFoundError, DatasetNotFoundError) as e:
+        raise _NotCached() from e
 
 
 def read_split(splits: dict[str, Any], key: str, split: str, path: str, fields: tuple[str, str, str],
