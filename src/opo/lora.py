@@ -61,10 +61,11 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def add_adapters(model: torch.nn.Module, settings: Any, base_path: str) -> Any:
+def add_adapters(model: torch.nn.Module, settings: Any, base: str) -> Any:
     """Inject fresh LoRA layers (``settings``: :class:`opo.config.LoraSettings`) into ``model`` in
     place and freeze every other weight; returns the PEFT wrapper (used to save the adapter).
-    A is drawn from torch's global generator (seeded by run.seed), B starts at zero."""
+    A is drawn from torch's global generator (seeded by run.seed), B starts at zero; ``base``: how
+    the adapter names its base model (:func:`base_path`)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha_value, lora_dropout=settings.dropout,
@@ -74,7 +75,7 @@ def add_adapters(model: torch.nn.Module, settings: Any, base_path: str) -> Any:
             wrapped = get_peft_model(model, config)
         except ValueError as e:  # PEFT: no module matched the target names
             raise ValueError(f"model.lora.target_modules={settings.target_modules}: {e}") from None
-    wrapped.peft_config["default"].base_model_name_or_path = base_path  # PEFT records the model's own name
+    wrapped.peft_config["default"].base_model_name_or_path = base  # PEFT records the model's own name
     _check_plain_head(model, settings.target_modules)
     _dropout_in_gradient_passes(model)
     return wrapped
