@@ -16,7 +16,6 @@ compares equal. Torch loads only when a run starts: building configs and reading
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 from dataclasses import dataclass
@@ -162,10 +161,7 @@ def train(cfg: Union[Config, Settings] = None) -> TrainResult:
     from opo.commands.train import train as run_train
 
     summary = run_train(cfg)
-    run_dir = summary.get("run_dir") or cfg.run.dir  # a run stopped by a signal has no run_dir in its summary
-    if "{time}" in run_dir:  # stopped, in a timestamped directory: the newest the template matches (names sort by time)
-        run_dir = max(glob.glob(run_dir.replace("{time}", "*")), default=run_dir)
-    return TrainResult(Path(run_dir), summary)
+    return TrainResult(Path(summary["run_dir"]), summary)
 
 
 def evaluate_model(cfg: Union[EvalConfig, Settings] = None) -> dict[str, float]:

@@ -325,7 +325,7 @@ class Config:
 
     def validate(self) -> "Config":
         """Refuse out-of-range values and contradictory settings; returns self."""
-        from opo.algos.advantages import ADVANTAGES, declared_extras
+        from opo.algos.advantages import ADVANTAGES
         from opo.algos.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 
         validate_common(self)
@@ -336,6 +336,21 @@ class Config:
         self.judge.validate()
         self.train.wandb.validate()
         _check_engine("rollout.engine", self.rollout.engine, self.hybrid.enabled, self.vllm)
+        self._check_judge_and_hybrid()
+        _choice("algo.aggregation", self.algo.aggregation, list(AGGREGATIONS))
+        _validate_eval_k("train.eval_k", self.train.eval_k, self.train.eval_n)
+        if self.rollout.truncated_reward not in (None, "grade", "zero") and not _finite(self.rollout.truncated_reward):
+            raise ConfigError(f"rollout.truncated_reward must be 'grade', 'zero', a finite number or null, "
+                              f"got {self.rollout.truncated_reward!r}")
+        _check_resume("train.overwrite", self.train.overwrite, self.checkpoint, self.run.dir)
+        _check_betas("optim.betas", self.optim.betas)
+        self._check_update()
+        return self
+
+    def _check_judge_and_hybrid(self) -> None:
+        """A judge's rewards and hybrid thinking against the rest of the run's settings."""
+        from opo.algos.advantages import ADVANTAGES, declared_extras
+
         if self.judge.enabled and (self.hybrid.enabled or self.task.reward_fn or self.task.name == "preference"):
             other = "hybrid.enabled" if self.hybrid.enabled else "task.reward_fn" if self.task.reward_fn \
                 else "task.name=preference (whose reward is the verdict's correctness)"
@@ -357,19 +372,15 @@ class Config:
         if self.hybrid.enabled and self.rollout.samples_per_prompt % 2:
             raise ConfigError(f"hybrid.enabled=true samples half of each group in each mode: rollout.samples_per_prompt "
                               f"must be even, got {self.rollout.samples_per_prompt}")
-        _choice("algo.aggregation", self.algo.aggregation, list(AGGREGATIONS))
-        _validate_eval_k("train.eval_k", self.train.eval_k, self.train.eval_n)
-        if self.rollout.truncated_reward not in (None, "grade", "zero") and not _finite(self.rollout.truncated_reward):
-            raise ConfigError(f"rollout.truncated_reward must be 'grade', 'zero', a finite number or null, "
-                              f"got {self.rollout.truncated_reward!r}")
-        _check_resume("train.overwrite", self.train.overwrite, self.checkpoint, self.run.dir)
+
+    def _check_update(self) -> None:
+        """The update's settings together: aggregation with OPO's baseline, mini-batches, off-policy losses."""
         if self.algo.advantage in ("opo", "opo_batch") and self.algo.aggregation == "seq-mean-token-mean":
             warnings.warn(
                 f"algo.advantage={self.algo.advantage} with algo.aggregation=seq-mean-token-mean: OPO's length-weighted "
                 "baseline minimises the gradient variance when every token weighs the same (token-mean or "
                 "seq-mean-token-sum); averaging each sequence first gives short responses more weight per token, so "
-                "the baseline is no longer the optimal one (arXiv 2505.23585)", stacklevel=2)
-        _check_betas("optim.betas", self.optim.betas)
+                "the baseline is no longer the optimal one (arXiv 2505.23585)", stacklevel=3)
         if self.rollout.prompts_per_step % self.algo.mini_batches:
             raise ConfigError(
                 f"algo.mini_batches ({self.algo.mini_batches}) must divide rollout.prompts_per_step "
@@ -383,7 +394,6 @@ class Config:
         if not self.off_policy and self.algo.loss_params.get("dual_clip") is not None:
             raise ConfigError("algo.loss_params dual_clip only acts off-policy (ppo_epochs > 1 or mini_batches > 1); "
                               "in exact on-policy mode the ratio is 1 and clipping never fires")
-        return self
 
     def truncated_reward(self) -> Optional[float]:
         """The reward of a completion cut off at the length limit, or None to grade it as it is."""

@@ -77,14 +77,7 @@ def _train(cfg: Config, d: Dist, held: contextlib.ExitStack) -> dict[str, Any]:
     run = setup(cfg, d=d, weights=str(resume_from) if resume_from else None,
                 max_new_tokens=max(cfg.rollout.max_new_tokens, cfg.train.eval_max_new_tokens), run_dir=run_dir)
     try:
-        say(run.compute.describe(d, cfg.train.fsdp))
-        at = _restore(run, resume_from, say) if resume_from else Progress()
-        at.summary["data/skipped_rows"] = run.task.skipped_rows
-        at.summary["compute"] = run.compute.describe(d)
-        at.summary.update(parameter_counts(run.model))
-        if run.adapters is not None:
-            say(f"LoRA (model.lora.rank={cfg.model.lora.rank}): {at.summary['params/trainable']:,.0f} trainable of "
-                f"{at.summary['params/total']:,.0f} parameters")
+        at = _start(run, resume_from, say)
         log, samples_log = _open_logs(run_dir, cfg, d, at.step if resume_from else -1, held)
         if at.step == 0 and cfg.train.eval_before:
             at.summary["before"] = _held_out(run, log, step=0)
@@ -117,18 +110,37 @@ def _train(cfg: Config, d: Dist, held: contextlib.ExitStack) -> dict[str, Any]:
                     say(f"{at.summary['stopped']}: stopped after step {at.step} with a checkpoint; continue with "
                         f"'opo train checkpoint.resume=true run.dir={run_dir}' (and the same settings)")
                     break
-        if "stopped" not in at.summary:
-            at.summary["after"] = _held_out(run, log, step=cfg.train.steps)
-            at.summary["wall_time_s"] = time.time() - started
-            at.summary["run_dir"] = str(run_dir)
-            say(_result_lines(at.summary, run_dir))
-        at.summary["data/held_out_repeats"] = run.task.held_out_repeats  # grows as reasoning_gym draws items
-        if d.main:
-            (run_dir / "summary.json").write_text(json.dumps(at.summary, indent=2))
-            log.summary(at.summary)  # W&B: the run's summary; its tracker closes with `held`
+        _finish(run, at, log, run_dir, started, say)
         return at.summary
     finally:
         run.close()
+
+
+def _start(run: Run, resume_from: Optional[Path], say: Callable) -> Progress:
+    """Where the loop starts (a checkpoint's position, or step 0) and the summary's setup entries."""
+    cfg, d = run.cfg, run.dist
+    say(run.compute.describe(d, cfg.train.fsdp))
+    at = _restore(run, resume_from, say) if resume_from else Progress()
+    at.summary["data/skipped_rows"] = run.task.skipped_rows
+    at.summary["compute"] = run.compute.describe(d)
+    at.summary.update(parameter_counts(run.model))
+    if run.adapters is not None:
+        say(f"LoRA (model.lora.rank={cfg.model.lora.rank}): {at.summary['params/trainable']:,.0f} trainable of "
+            f"{at.summary['params/total']:,.0f} parameters")
+    return at
+
+
+def _finish(run: Run, at: Progress, log: Optional[Tracker], run_dir: Path, started: float, say: Callable) -> None:
+    """The held-out evaluation after training (not after a signal's stop) and summary.json."""
+    if "stopped" not in at.summary:
+        at.summary["after"] = _held_out(run, log, step=run.cfg.train.steps)
+        at.summary["wall_time_s"] = time.time() - started
+        say(_result_lines(at.summary, run_dir))
+    at.summary["run_dir"] = str(run_dir)
+    at.summary["data/held_out_repeats"] = run.task.held_out_repeats  # grows as reasoning_gym draws items
+    if run.dist.main:
+        (run_dir / "summary.json").write_text(json.dumps(at.summary, indent=2))
+        log.summary(at.summary)  # W&B: the run's summary; its tracker closes with `held`
 
 
 def rl_step(run: Run, data_pos: int, step: int, measure_shift: bool = False
