@@ -53,12 +53,13 @@ def test_ngram_repetition_on_hand_made_strings():
     assert repetition_metrics([], 4, 3) == {"repetition/ngram_frac": 0.0, "repetition/degenerate": 0.0}
 
 
-def test_jsonl_logger_mirrors_numbers_to_tensorboard(tmp_path):
+def test_a_tracker_mirrors_numbers_to_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from opo.metrics import JsonlLogger
+    from opo.tracking import TensorBoardWriter, Tracker
 
-    log = JsonlLogger(tmp_path / "m.jsonl", tmp_path / "tb")
+    log = Tracker(JsonlLogger(tmp_path / "m.jsonl"), (TensorBoardWriter(tmp_path / "tb"),))
     log.log({"step": 1, "reward/mean": 0.25, "note": "text", "flag": True})
     log.log({"step": 2, "reward/mean": 0.5})
     acc = EventAccumulator(str(tmp_path / "tb"))

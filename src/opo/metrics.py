@@ -67,18 +67,12 @@ def repetition_metrics(responses: Sequence[Sequence[Hashable]], n: int = 4, min_
 
 
 class JsonlLogger:
-    """Appends one JSON object per line to ``path``; with ``tensorboard_dir``, also writes each
-    numeric value of a row as a TensorBoard scalar at the row's ``step`` (for live viewing).
-    ``opo train`` mirrors its metrics through :class:`opo.tracking.Tracker` instead (TensorBoard, W&B)."""
+    """Appends one JSON object per line to ``path`` (mirrors to TensorBoard and W&B:
+    :class:`opo.tracking.Tracker`)."""
 
-    def __init__(self, path: Path, tensorboard_dir: Optional[Path] = None) -> None:
+    def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.tb = None
-        if tensorboard_dir is not None:
-            from opo.tracking import TensorBoardWriter  # opo.tracking imports this module
-
-            self.tb = TensorBoardWriter(tensorboard_dir)
 
     def log(self, row: dict[str, Any]) -> None:
         """Append ``row`` as one line. A full disk raises :class:`opo.errors.DiskFull` and leaves
@@ -106,14 +100,6 @@ class JsonlLogger:
                 raise
         finally:
             os.close(fd)
-        if self.tb is not None:
-            self.tb.log(row)
-
-    def close(self, failed: bool = False) -> None:
-        """Close the TensorBoard mirror, if any (every row is on disk once ``log`` returns)."""
-        if self.tb is not None:
-            self.tb.close()
-            self.tb = None
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

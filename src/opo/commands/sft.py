@@ -30,6 +30,7 @@ from opo.config import ConfigError, OptimConfig, SftConfig
 from opo.errors import TrainingAborted
 from opo.logprobs import head_logprobs, length_buckets
 from opo.metrics import JsonlLogger
+from opo.tracking import TensorBoardWriter, Tracker
 from opo.models import (enable_activation_checkpointing, extend_tokenizer, init_new_embeddings, load_model,
                         load_tokenizer)
 from opo.run import Compute, build_optimizer, choose_compute, output_dir, seed_all
@@ -257,13 +258,14 @@ def _save(r: SftRun, run_dir: Path, at: Progress) -> Path:
                            r.cfg.checkpoint.keep)
 
 
-def _open_log(run_dir: Path, cfg: SftConfig, last_step: int) -> JsonlLogger:
+def _open_log(run_dir: Path, cfg: SftConfig, last_step: int) -> Tracker:
     """The metrics log, cut back to ``last_step`` on resume (later rows are written again), and the
     config this run trains with."""
     if cfg.checkpoint.resume:
         rundir.truncate_log(run_dir / "metrics.jsonl", last_step)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    return JsonlLogger(run_dir / "metrics.jsonl", run_dir / "tensorboard" if cfg.sft.tensorboard else None)
+    return Tracker(JsonlLogger(run_dir / "metrics.jsonl"),
+                   (TensorBoardWriter(run_dir / "tensorboard"),) if cfg.sft.tensorboard else ())
 
 
 def _describe(compute: Compute) -> str:
