@@ -1,25 +1,69 @@
 #!/usr/bin/env bash
-# Issue 20 (in progress): OPO's claims at the default budget with enough seeds. Stage 1: the default
-# task (embedded SmolLM2-135M-Instruct, chain_sum, 30 steps x 8 prompts x 8 samples), four methods on
-# the same seeds: OPO (default), exact on-policy GRPO, off-policy GRPO (4 mini-batches, PPO clip) and
-# RLOO; held-out curves: greedy accuracy and pass@1/2/4 (4 samples at temperature 1) every 5 steps.
-# One run at a time (2 threads); every run resumes, so the campaign spans sessions:
-#   SEEDS="0 1 2 3 4" experiments/claims.sh      # the runs not done yet, seed by seed (paired data first)
+# Issue 20: OPO's claims (arXiv 2505.23585) at this scale, with enough seeds for statistics.
+# Four methods on the same seeds: OPO (the defaults), exact on-policy GRPO, off-policy GRPO
+# (4 mini-batches, PPO clip) and RLOO. Two stages:
+#   1  the default task and budget (embedded SmolLM2-135M-Instruct, chain_sum, 30 steps x 8 prompts
+#      x 8 samples, 24 new tokens), seeds 0-4; held-out: greedy and pass@1/2/4 at temperature 1
+#      (4 samples) on 100 problems, before training and every 10 steps.
+#   2  long responses: the default task's sums answered after step-by-step reasoning (the MATH
+#      prompt's instruction: ~90 tokens on average before training, some truncated), up to 160 new
+#      tokens, 20 steps x 4 prompts x 8 samples, seeds 0-2; held-out every 10 steps on 50 problems.
+# Every run resumes from its last checkpoint (every 5 steps) and is skipped once summary.json exists,
+# so the campaign spans sessions:
+#   experiments/claims.sh [1|2]                  # the runs not done yet, seed by seed (paired data first)
+#   LANES=2 THREADS=1 experiments/claims.sh 1    # two runs side by side, one thread each
+#   experiments/claims.sh report                 # tables and statistics (experiments/claims_stats.py), plots
 set -euo pipefail
 cd "$(dirname "$0")/.."
-COMMON=(train.eval_every=5 train.eval_n=4 train.eval_k=1,2,4 train.eval_temperature=1.0 train.shift_every=5
-        checkpoint.every=5 checkpoint.resume=true run.threads=2 run.progress=false)
-mkdir -p runs/claims
-for seed in ${SEEDS:-0 1 2 3 4}; do
-  for name in opo grpo grpo_off rloo; do
-    case $name in
-      opo) config=() ;;
-      grpo) config=(configs/grpo_on_policy.yaml) ;;
-      grpo_off) config=(configs/grpo_off_policy.yaml) ;;
-      rloo) config=(algo.advantage=rloo) ;;
-    esac
-    run=runs/claims/$name-s$seed
-    [ -f "$run/summary.json" ] && continue
-    .venv/bin/opo train "${config[@]}" "${COMMON[@]}" run.seed="$seed" run.dir="$run" >> "$run.log" 2>&1
+STAGE=${1:-1}
+LANES=${LANES:-1}
+THREADS=${THREADS:-2}
+METHODS=(opo grpo grpo_off rloo)
+
+if [ "$STAGE" = report ]; then
+  .venv/bin/python experiments/claims_stats.py runs/claims --out docs/claims.json --markdown docs/claims_tables.md
+  for stage in 1 2; do
+    dirs=()
+    for name in "${METHODS[@]}"; do
+      for run in runs/claims/stage$stage/$name-s*/; do [ -f "$run/summary.json" ] && dirs+=("$run"); done
+    done
+    [ ${#dirs[@]} -gt 0 ] || continue
+    .venv/bin/opo report "${dirs[@]}" --mean-seeds --out docs/claims_stage$stage.html --svg-dir docs/plots/claims$stage
   done
-done
+  exit 0
+fi
+
+case $STAGE in
+  1) SEEDS=${SEEDS:-0 1 2 3 4}
+     COMMON=(train.eval_every=10 train.eval_n=4 train.eval_k=1,2,4 train.eval_temperature=1.0) ;;
+  2) SEEDS=${SEEDS:-0 1 2}
+     COMMON=(train.steps=20 rollout.prompts_per_step=4 rollout.max_new_tokens=160
+             train.eval_max_new_tokens=160 task.eval_size=50 train.eval_every=10 train.eval_n=4
+             train.eval_k=1,2,4 train.eval_temperature=1.0 task.extractor=last_number
+             "task.prompt_template={question}
+Please reason step by step, and put your final answer within \\boxed{}.") ;;
+  *) echo "usage: experiments/claims.sh [1|2|report]" >&2; exit 2 ;;
+esac
+COMMON+=(train.shift_every=5 checkpoint.every=5 checkpoint.resume=true run.threads=$THREADS run.progress=false)
+ROOT=runs/claims/stage$STAGE
+mkdir -p "$ROOT"
+rm -rf "$ROOT/.claimed"; mkdir -p "$ROOT/.claimed"   # a lane claims a run by creating its directory here
+
+lane() {
+  for seed in $SEEDS; do
+    for name in "${METHODS[@]}"; do
+      run=$ROOT/$name-s$seed
+      [ -f "$run/summary.json" ] && continue
+      mkdir "$ROOT/.claimed/$name-s$seed" 2>/dev/null || continue
+      case $name in
+        opo) config=() ;;
+        grpo) config=(configs/grpo_on_policy.yaml) ;;
+        grpo_off) config=(configs/grpo_off_policy.yaml) ;;
+        rloo) config=(algo.advantage=rloo) ;;
+      esac
+      .venv/bin/opo train "${config[@]}" "${COMMON[@]}" run.seed="$seed" run.dir="$run" >> "$run.log" 2>&1
+    done
+  done
+}
+for _ in $(seq "$LANES"); do lane & sleep 5; done
+wait

@@ -6,10 +6,10 @@ import re
 import pytest
 import yaml
 
-from opo.report import PLOTS, line_chart, load_run, write_report
+from opo.report import PLOTS, group_by_seed, line_chart, load_run, mean_line, write_report
 
 
-def fake_run(root, name, lr, steps=6, seed=0):
+def fake_run(root, name, lr, steps=6, seed=0, eval_every=0, passes=False):
     run = root / name
     run.mkdir(parents=True)
     rows = [{"step": 0, "eval/accuracy": 0.2}]
@@ -17,9 +17,17 @@ def fake_run(root, name, lr, steps=6, seed=0):
         rows.append({"step": s, "reward/mean": 0.1 * s + seed, "entropy": 1.0 / s, "policy_shift/k3": 1e-3 * s,
                      "length/mean": 10 + s, "repetition/ngram_frac": 0.01, "repetition/degenerate": 0.0,
                      "grad_norm": 0.5, "time/step": 12.0})
+    if eval_every:
+        rows += [{"step": s, "eval/accuracy": 0.3 + 0.01 * s + seed} for s in range(eval_every, steps, eval_every)]
     rows.append({"step": steps, "eval/accuracy": 0.5 + lr})
+    if passes:
+        for row in rows:
+            if "eval/accuracy" in row:
+                row.update({"eval/pass@1": row["eval/accuracy"] / 2, "eval/pass@4": row["eval/accuracy"]})
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (run / "config.yaml").write_text(yaml.safe_dump({"optim": {"lr": lr, "eps": 1e-8}, "algo": {"advantage": "opo"}}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"optim": {"lr": lr, "eps": 1e-8}, "algo": {"advantage": "opo"},
+                                                     "train": {"eval_every": eval_every},
+                                                     "run": {"seed": seed, "dir": str(run)}}))
     (run / "summary.json").write_text(json.dumps({"before": {"eval/accuracy": 0.2}, "after": {"eval/accuracy": 0.5},
                                                   "wall_time_s": 600}))
     return run
@@ -35,15 +43,46 @@ def test_report_has_every_plot_a_line_per_run_and_highlights_differences(tmp_pat
     assert len(svgs) == len(PLOTS)
     for svg, (key, title, _) in zip(svgs, PLOTS):
         assert title in svg
-        assert svg.count("<polyline") == 2, key  # one line per run
+        # one line per run; held-out accuracy, measured only before and after training, is two markers each
+        assert svg.count("<polyline") == (0 if key.startswith("eval/") else 2), key
         assert 'data-run="opo"' in svg and 'data-run="grpo"' in svg
     diff_rows = re.findall(r'<tr class="diff"><th>([^<]+)</th>', page)
-    assert diff_rows == ["optim.lr"]  # the only differing key, listed first
+    assert diff_rows == ["optim.lr", "run.dir", "run.seed"]  # the differing keys, listed first
     assert '<tr class="same"><th>algo.advantage</th>' in page
     assert "20.0%" in page and "10.0 min" in page
     standalone = (tmp_path / "svg" / "reward_mean.svg").read_text()
     assert standalone.startswith("<svg") and "<style>" in standalone and ">opo</text>" in standalone
     assert len(list((tmp_path / "svg").glob("*.svg"))) == len(PLOTS)
+
+
+def _chart(page, title):
+    return next(svg for svg in re.findall(r"<svg.*?</svg>", page, flags=re.S) if title in svg)
+
+
+def test_held_out_results_join_into_a_curve_only_where_the_run_evaluated_every_few_steps(tmp_path):
+    every = fake_run(tmp_path, "every2", 1e-5, eval_every=2, passes=True)
+    ends = fake_run(tmp_path, "ends", 1e-5, passes=True)
+    page = write_report([str(every), str(ends)], str(tmp_path / "r.html")).read_text()
+    for title in ("Held-out accuracy (greedy)", "Held-out pass@1 (sampled)", "Held-out pass@4 (sampled)"):
+        chart = _chart(page, title)
+        assert re.findall(r'<polyline[^>]*data-run="(\w+)"', chart) == ["every2"], title
+        assert chart.count('<circle') == 4 + 2 and chart.count('data-run="ends"') == 2  # steps 0, 2, 4, 6; 0, 6
+    assert "pass@2" not in page  # pass@1 and the largest k only
+
+
+def test_mean_seeds_draws_one_line_per_group_with_the_seeds_range_shaded(tmp_path):
+    runs = [fake_run(tmp_path, "opo-s0", 1e-5, seed=0), fake_run(tmp_path, "opo-s1", 1e-5, seed=1),
+            fake_run(tmp_path, "grpo-s0", 2e-5, seed=0)]
+    loaded = [load_run(r) for r in runs]
+    assert [[r["name"] for r in g] for g in group_by_seed(loaded)] == [["opo-s0", "opo-s1"], ["grpo-s0"]]
+    line = mean_line("opo", "#000", group_by_seed(loaded)[0], "reward/mean")
+    assert line.points[0] == (1.0, pytest.approx(0.1 + 0.5)) and line.band[0] == (1.0, 0.1, 1.1)
+    page = write_report([str(r) for r in runs], str(tmp_path / "r.html"), str(tmp_path / "svg"),
+                        mean_seeds=True).read_text()
+    reward = _chart(page, "Training reward")
+    assert re.findall(r'<polyline[^>]*data-run="([^"]+)"', reward) == ["opo (2 seeds)", "grpo (1 seed)"]
+    assert reward.count("<polygon") == 1  # one seed has no range
+    assert ">opo (2 seeds)</text>" in (tmp_path / "svg" / "reward_mean.svg").read_text()
 
 
 def test_chart_without_data_says_so_and_a_constant_series_still_draws():
@@ -74,7 +113,8 @@ def test_unreadable_config_and_summary_are_warned_about_and_treated_as_empty(tmp
     assert err[0].startswith(f"opo: warning: {a / 'config.yaml'}: ignored, cannot be read (")
     assert err[1] == f"opo: warning: {b / 'config.yaml'}: ignored, it holds a list, not a mapping"
     assert err[2].startswith(f"opo: warning: {b / 'summary.json'}: ignored, cannot be read (")
-    assert len(err) == 3 and "optim.lr" not in page and page.count("<polyline") == 2 * len(PLOTS)
+    assert len(err) == 3 and "optim.lr" not in page
+    assert page.count("<polyline") == 2 * (len(PLOTS) - 1)  # no config: held-out results are markers only
 
 
 def test_metrics_lines_that_are_not_objects_and_a_cut_last_line_are_dropped_with_a_warning(tmp_path, capsys):

@@ -97,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     p_report.add_argument("runs", nargs="+", help="run directories (each with metrics.jsonl and config.yaml)")
     p_report.add_argument("-o", "--out", default="report.html", help="output HTML file (default: report.html)")
     p_report.add_argument("--svg-dir", help="also write each chart as its own SVG file into this directory")
+    p_report.add_argument("--mean-seeds", action="store_true",
+                          help="one line per group of runs that differ only in run.seed: the mean over the seeds, "
+                               "their range shaded")
     return parser
 
 
@@ -135,7 +138,7 @@ def _dispatch(ns: argparse.Namespace) -> int:
     if ns.command == "report":
         from opo.commands.report import run_report
 
-        run_report(ns.runs, ns.out, ns.svg_dir)
+        run_report(ns.runs, ns.out, ns.svg_dir, ns.mean_seeds)
         return 0
     config_path, overrides = _split_args(ns.settings)
     if ns.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import yaml
 
@@ -31,6 +32,11 @@ PLOTS = [
 # Inside every SVG, so a chart saved on its own (--svg-dir) looks as it does in the page.
 SVG_STYLE = ("<style>text{font:11px system-ui,sans-serif;fill:#333}.title{font-size:13px;font-weight:600}"
              ".grid{stroke:#eee}.frame{fill:none;stroke:#999}.empty{fill:#999}</style>")
+# Held-out results sampled at temperature 1 (train.eval_n > 0): pass@1, and pass@k for the largest k logged.
+PASS_PLOT = ("eval/pass@{k}", "Held-out pass@{k} (sampled)", "pass@{k}")
+# Keys that say where and how a run ran, not what it trained: runs differing only in these (and the seed)
+# are seeds of one experiment for --mean-seeds.
+GROUP_IGNORED = ("run.seed", "run.dir", "run.threads", "run.progress", "checkpoint.resume")
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
           "#7f7f7f"]
 
@@ -137,11 +143,11 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
 
 
-def _legend_rows(lines: list[tuple[str, str, list]], width: int) -> list[list[tuple[str, str]]]:
+def _legend_rows(lines: list[Line], width: int) -> list[list[tuple[str, str]]]:
     """(label, colour) items packed into rows that fit ``width`` (about 6.5 px per character)."""
     rows: list[list[tuple[str, str]]] = [[]]
     used = 0.0
-    for label, color, _ in lines:
+    for label, color, *_ in lines:
         w = 22 + 6.5 * len(label)
         if rows[-1] and used + w > width:
             rows.append([])
@@ -151,15 +157,26 @@ def _legend_rows(lines: list[tuple[str, str, list]], width: int) -> list[list[tu
     return rows
 
 
-def line_chart(title: str, ylabel: str, lines: list[tuple[str, str, list[tuple[float, float]]]],
-               width: int = 440, height: int = 250, legend: bool = False) -> str:
-    """An SVG line chart; ``lines`` holds (label, colour, points). Points are also marked, so sparse
-    series (held-out evaluations) stay visible. ``legend`` adds the run names below the plot (for a
-    chart shown on its own)."""
+class Line(NamedTuple):
+    """One run's (or one seed group's) series in a chart."""
+    label: str
+    color: str
+    points: list[tuple[float, float]]  # (step, value)
+    connect: bool = True  # False: markers only (held-out results measured only before and after training)
+    band: tuple = ()  # (step, low, high) per step: the range over a group's seeds, shaded
+
+
+def line_chart(title: str, ylabel: str, lines: list, width: int = 440, height: int = 250,
+               legend: bool = False) -> str:
+    """An SVG line chart; ``lines`` holds ``Line``s (or (label, colour, points) tuples). Points are also
+    marked, so sparse series (held-out evaluations) stay visible. ``legend`` adds the run names below
+    the plot (for a chart shown on its own)."""
+    lines = [Line(*line) for line in lines]
     left, right, top, bottom = 58, 12, 26, 38
     legend_rows = _legend_rows(lines, width - 20) if legend else []
     plot_height, height = height, height + 16 * len(legend_rows)
-    pts = [p for _, _, ps in lines for p in ps]
+    pts = [p for line in lines for p in line.points] + [
+        (x, y) for line in lines for x, lo, hi in line.band for y in (lo, hi)]
     out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">', SVG_STYLE,
            f'<rect width="{width}" height="{height}" fill="#fff"/>']
@@ -199,14 +216,21 @@ def line_chart(title: str, ylabel: str, lines: list[tuple[str, str, list[tuple[f
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="frame"/>')
     out.append(f'<text x="{left + pw / 2}" y="{plot_height - 4}" text-anchor="middle">step</text>')
     out.append(f'<text transform="translate(12 {top + ph / 2}) rotate(-90)" text-anchor="middle">{html.escape(ylabel)}</text>')
-    for label, color, ps in lines:
+    for line in lines:
+        if len(line.band) > 1:
+            edge = [(x, hi) for x, _, hi in line.band] + [(x, lo) for x, lo, _ in reversed(line.band)]
+            coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in edge)
+            out.append(f'<polygon points="{coords}" fill="{line.color}" fill-opacity="0.15" stroke="none"/>')
+    for label, color, ps, connect, _ in lines:
         if not ps:
             continue
-        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in ps)
-        out.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.6" '
-                   f'data-run="{html.escape(label)}"/>')
-        r = 2.5 if len(ps) <= 40 else 0
-        out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="{r}" fill="{color}"/>' for x, y in ps if r]
+        if connect:
+            coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in ps)
+            out.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.6" '
+                       f'data-run="{html.escape(label)}"/>')
+        r = 2.5 if len(ps) <= 40 or not connect else 0
+        out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="{r}" fill="{color}" data-run="{html.escape(label)}"/>'
+                for x, y in ps if r]
     return "\n".join(out + ["</svg>"])
 
 
@@ -256,28 +280,80 @@ tr.same{color:#777}.swatch{display:inline-block;width:10px;height:10px;margin-ri
 .legend span{margin-right:16px}"""
 
 
-def charts(runs: list[dict[str, Any]], legend: bool = False) -> dict[str, str]:
-    """One SVG chart per plotted metric key, a line per run."""
-    colors = {r["name"]: COLORS[i % len(COLORS)] for i, r in enumerate(runs)}
-    return {key: line_chart(t, y, [(r["name"], colors[r["name"]], series(r, key)) for r in runs], legend=legend)
-            for key, t, y in PLOTS}
+def plots(runs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """PLOTS, and after held-out accuracy the sampled pass@1 and pass@k (largest k) where runs logged them."""
+    ks = sorted({int(m.group(1)) for r in runs for row in r["rows"] for k in row
+                 if (m := re.fullmatch(r"eval/pass@(\d+)", k))})
+    passes = [tuple(x.format(k=k) for x in PASS_PLOT) for k in dict.fromkeys(ks[:1] + ks[-1:])]
+    at = next(i for i, p in enumerate(PLOTS) if p[0] == "eval/accuracy") + 1
+    return PLOTS[:at] + passes + PLOTS[at:]
 
 
-def render(runs: list[dict[str, Any]], title: Optional[str] = None) -> str:
+def _connects(config: dict[str, Any], key: str) -> bool:
+    """Held-out results join into a curve only where the run evaluated every few steps: a line between
+    the evaluations before and after training would draw what was never measured."""
+    return not key.startswith("eval/") or bool(config.get("train.eval_every"))
+
+
+def group_by_seed(runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Runs whose configs are equal apart from GROUP_IGNORED (the seed, the directory, threads), in
+    order of first appearance."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        what = {k: v for k, v in r["config"].items() if k not in GROUP_IGNORED}
+        groups.setdefault(json.dumps(what, sort_keys=True, default=str), []).append(r)
+    return list(groups.values())
+
+
+def group_name(group: list[dict[str, Any]]) -> str:
+    """The first run's name without a seed suffix (opo-s3, grpo_seed1), and the number of seeds."""
+    stem = re.sub(r"[-_.]?(s|seed)\d+$", "", group[0]["name"]) or group[0]["name"]
+    return f"{stem} ({len(group)} seed{'s' if len(group) > 1 else ''})"
+
+
+def mean_line(label: str, color: str, group: list[dict[str, Any]], key: str) -> Line:
+    """The mean over a group's runs at the steps every run logged, with their range as the band."""
+    per_run = [dict(series(r, key)) for r in group]
+    steps = sorted(set.intersection(*(set(p) for p in per_run)))
+    points = [(s, sum(p[s] for p in per_run) / len(per_run)) for s in steps]
+    band = tuple((s, min(p[s] for p in per_run), max(p[s] for p in per_run)) for s in steps) if len(group) > 1 else ()
+    return Line(label, color, points, _connects(group[0]["config"], key), band)
+
+
+def charts(runs: list[dict[str, Any]], legend: bool = False, mean_seeds: bool = False) -> dict[str, str]:
+    """One SVG chart per plotted metric key: a line per run, or with ``mean_seeds`` per group of seeds."""
+    if mean_seeds:
+        groups = group_by_seed(runs)
+        names = [group_name(g) for g in groups]
+        if len(set(names)) < len(names):  # groups of runs named alike: number them
+            names = [f"group {i + 1}: {n}" for i, n in enumerate(names)]
+        return {key: line_chart(t, y, [mean_line(n, COLORS[i % len(COLORS)], g, key)
+                                       for i, (n, g) in enumerate(zip(names, groups))], legend=legend)
+                for key, t, y in plots(runs)}
+    return {key: line_chart(t, y, [Line(r["name"], COLORS[i % len(COLORS)], series(r, key), _connects(r["config"], key))
+                                   for i, r in enumerate(runs)], legend=legend)
+            for key, t, y in plots(runs)}
+
+
+def render(runs: list[dict[str, Any]], title: Optional[str] = None, mean_seeds: bool = False) -> str:
     """The report as one HTML string."""
+    names = [group_name(g) for g in group_by_seed(runs)] if mean_seeds else [r["name"] for r in runs]
     legend = "".join(f'<span><span class="swatch" style="background:{COLORS[i % len(COLORS)]}"></span>'
-                     f'{html.escape(r["name"])}</span>' for i, r in enumerate(runs))
-    title = title or "opo report: " + ", ".join(r["name"] for r in runs)
+                     f'{html.escape(n)}</span>' for i, n in enumerate(names))
+    if mean_seeds:
+        legend += "<span>lines: mean over seeds; shaded: their range</span>"
+    title = title or "opo report: " + ", ".join(names)
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
             f"<h2>Summary</h2>\n{summary_table(runs)}\n<h2>Metrics per step</h2>\n<p class=\"legend\">{legend}</p>\n"
-            f"<div class=\"charts\">\n" + "\n".join(charts(runs).values()) + "\n</div>\n"
+            f"<div class=\"charts\">\n" + "\n".join(charts(runs, mean_seeds=mean_seeds).values()) + "\n</div>\n"
             f"<h2>Configurations (differences highlighted)</h2>\n{config_table(runs)}\n</body></html>\n")
 
 
-def write_report(run_dirs: list[str], out: str, svg_dir: Optional[str] = None) -> Path:
+def write_report(run_dirs: list[str], out: str, svg_dir: Optional[str] = None, mean_seeds: bool = False) -> Path:
     """Render the runs in ``run_dirs`` into the HTML file ``out`` (and, with ``svg_dir``, each chart
-    into its own SVG file there, with a legend, e.g. for a README); returns the HTML file's path."""
+    into its own SVG file there, with a legend, e.g. for a README); returns the HTML file's path.
+    ``mean_seeds``: one line per group of runs that differ only in their seed (``group_by_seed``)."""
     runs = [load_run(Path(d)) for d in run_dirs]
     names = [r["name"] for r in runs]
     for r in runs:  # two runs named alike (a/run, b/run) keep their parent's name too
@@ -286,13 +362,13 @@ def write_report(run_dirs: list[str], out: str, svg_dir: Optional[str] = None) -
     path = Path(out)
     if path.is_dir():
         raise ValueError(f"cannot write the report to {path}: it is a directory")
-    _write(path, render(runs), "the report")
+    _write(path, render(runs, mean_seeds=mean_seeds), "the report")
     if svg_dir is not None:
         try:
             Path(svg_dir).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ValueError(f"cannot create the SVG directory {svg_dir}: {e.strerror or e}") from None
-        for key, svg in charts(runs, legend=True).items():
+        for key, svg in charts(runs, legend=True, mean_seeds=mean_seeds).items():
             _write(Path(svg_dir, key.replace("/", "_") + ".svg"), svg, "a chart")
     return path
 

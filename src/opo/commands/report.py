@@ -8,7 +8,7 @@ from typing import Optional
 from opo.report import write_report
 
 
-def run_report(runs: list[str], out: str, svg_dir: Optional[str] = None) -> Path:
-    path = write_report(runs, out, svg_dir)
+def run_report(runs: list[str], out: str, svg_dir: Optional[str] = None, mean_seeds: bool = False) -> Path:
+    path = write_report(runs, out, svg_dir, mean_seeds)
     print(f"wrote {path}")
     return path
