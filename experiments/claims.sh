@@ -21,7 +21,7 @@ THREADS=${THREADS:-2}
 METHODS=(opo grpo grpo_off rloo)
 
 if [ "$STAGE" = report ]; then
-  .venv/bin/python experiments/claims_stats.py runs/claims --out docs/claims.json --markdown docs/claims_tables.md
+  .venv/bin/python experiments/claims_stats.py runs/claims --out docs/claims.json --markdown docs/claims.md
   for stage in 1 2; do
     dirs=()
     for name in "${METHODS[@]}"; do

@@ -2,7 +2,10 @@
 over seeds of each figure; OPO against each other method, paired by seed, with a paired t-test and
 an exact sign-flip permutation test. Writes a small JSON (committed) and Markdown tables.
 
-    .venv/bin/python experiments/claims_stats.py runs/claims --out docs/claims.json --markdown docs/claims_tables.md
+    .venv/bin/python experiments/claims_stats.py runs/claims --out docs/claims.json --markdown docs/claims.md
+
+--markdown replaces what lies between the file's TABLES_BEGIN and TABLES_END lines (the docs page's
+generated part), or writes a new file.
 
 A run counts once its summary.json exists; runs still going are listed, never averaged. The unit of
 replication is the seed: held-out problems are the same in every run, so they are not independent
@@ -22,6 +25,7 @@ from typing import Optional
 
 METHODS = {"opo": "OPO", "grpo": "GRPO on-policy", "grpo_off": "GRPO off-policy", "rloo": "RLOO"}
 BASELINE = "opo"
+TABLES_BEGIN, TABLES_END = "<!-- tables: experiments/claims_stats.py -->", "<!-- end of tables -->"
 
 
 def _rows(run: Path) -> list[dict]:
@@ -191,6 +195,7 @@ def _mean_curves(by_seed: dict[int, dict[str, dict[int, float]]]) -> dict:
 COLUMNS = [("greedy", "held-out greedy", "pct"), ("pass@1", "pass@1", "pct"), ("pass@4", "pass@4", "pct"),
            ("entropy", "entropy (mean)", "f2"), ("entropy_last5", "entropy (last 5)", "f2"),
            ("policy_shift", "policy shift k3", "e"), ("repetition", "repeated 4-grams", "pct2"),
+           ("degenerate", "degenerate", "pct2"),
            ("length", "length (tokens)", "f1"), ("reward_last5", "train reward (last 5)", "f2"),
            ("minutes", "compute (min)", "f1")]
 
@@ -265,9 +270,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     stats = {d.name: stage_stats(d) for d in stages}
     Path(a.out).write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")
     if a.markdown:
-        Path(a.markdown).write_text(markdown(stats))
+        write_tables(Path(a.markdown), markdown(stats))
     print(markdown(stats))
     return 0
+
+
+def write_tables(path: Path, tables: str) -> None:
+    """Put ``tables`` between the markers of ``path``, keeping the rest of the page."""
+    block = f"{TABLES_BEGIN}\n{tables}\n{TABLES_END}"
+    if not path.exists():
+        path.write_text(block + "\n")
+        return
+    text = path.read_text()
+    start, end = text.find(TABLES_BEGIN), text.find(TABLES_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"claims_stats: {path} has no '{TABLES_BEGIN}' ... '{TABLES_END}' block to replace")
+    path.write_text(text[:start] + block + text[end + len(TABLES_END):])
 
 
 if __name__ == "__main__":
