@@ -8,8 +8,9 @@
 #   2  long responses: the default task's sums answered after step-by-step reasoning (the MATH
 #      prompt's instruction: ~90 tokens on average before training, some truncated), up to 160 new
 #      tokens, 20 steps x 4 prompts x 8 samples, seeds 0-2; held-out every 10 steps on 50 problems.
-# Every run resumes from its last checkpoint (every 5 steps) and is skipped once summary.json exists,
-# so the campaign spans sessions:
+# Every run resumes from its last checkpoint (every 5 steps) and is skipped once it has been evaluated
+# after training, so the campaign spans sessions (stop it with Ctrl-C or by killing the script: each run
+# checkpoints and exits). One invocation per stage at a time:
 #   experiments/claims.sh [1|2]                  # the runs not done yet, seed by seed (paired data first)
 #   LANES=2 THREADS=1 experiments/claims.sh 1    # two runs side by side, one thread each
 #   experiments/claims.sh report                 # tables and statistics (experiments/claims_stats.py), plots
@@ -20,12 +21,16 @@ LANES=${LANES:-1}
 THREADS=${THREADS:-2}
 METHODS=(opo grpo grpo_off rloo)
 
+done_run() {  # trained and evaluated after training (a run stopped by a signal writes a summary without "after")
+  [ -f "$1/summary.json" ] && grep -q '"after"' "$1/summary.json"
+}
+
 if [ "$STAGE" = report ]; then
   .venv/bin/python experiments/claims_stats.py runs/claims --out docs/claims.json --markdown docs/claims.md
   for stage in 1 2; do
     dirs=()
     for name in "${METHODS[@]}"; do
-      for run in runs/claims/stage$stage/$name-s*/; do [ -f "$run/summary.json" ] && dirs+=("$run"); done
+      for run in runs/claims/stage$stage/$name-s*/; do done_run "$run" && dirs+=("$run"); done
     done
     [ ${#dirs[@]} -gt 0 ] || continue
     .venv/bin/opo report "${dirs[@]}" --mean-seeds --out docs/claims_stage$stage.html --svg-dir docs/plots/claims$stage
@@ -47,13 +52,15 @@ esac
 COMMON+=(train.shift_every=5 checkpoint.every=5 checkpoint.resume=true run.threads=$THREADS run.progress=false)
 ROOT=runs/claims/stage$STAGE
 mkdir -p "$ROOT"
+exec 9> "$ROOT/.lock"
+flock -n 9 || { echo "claims.sh: stage $STAGE is already running (lock $ROOT/.lock)" >&2; exit 1; }
 rm -rf "$ROOT/.claimed"; mkdir -p "$ROOT/.claimed"   # a lane claims a run by creating its directory here
 
 lane() {
   for seed in $SEEDS; do
     for name in "${METHODS[@]}"; do
       run=$ROOT/$name-s$seed
-      [ -f "$run/summary.json" ] && continue
+      done_run "$run" && continue
       mkdir "$ROOT/.claimed/$name-s$seed" 2>/dev/null || continue
       case $name in
         opo) config=() ;;
@@ -61,9 +68,15 @@ lane() {
         grpo_off) config=(configs/grpo_off_policy.yaml) ;;
         rloo) config=(algo.advantage=rloo) ;;
       esac
-      .venv/bin/opo train "${config[@]}" "${COMMON[@]}" run.seed="$seed" run.dir="$run" >> "$run.log" 2>&1
+      .venv/bin/opo train "${config[@]}" "${COMMON[@]}" run.seed="$seed" run.dir="$run" >> "$run.log" 2>&1 \
+        || { echo "claims.sh: $run failed or was stopped (see $run.log)" >&2; failed=1; }
     done
   done
+  return ${failed:-0}
 }
-for _ in $(seq "$LANES"); do lane & sleep 5; done
-wait
+trap 'trap - INT TERM; kill 0' INT TERM  # stop every lane's run too: each checkpoints and exits
+pids=()
+for _ in $(seq "$LANES"); do lane & pids+=($!); sleep 5; done
+rc=0
+for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+exit $rc

@@ -15,6 +15,7 @@ draws across runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -40,6 +41,14 @@ def _train_rows(rows: list[dict]) -> list[dict]:
 def _mean_of(rows: list[dict], key: str) -> Optional[float]:
     values = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
     return sum(values) / len(values) if values else None
+
+
+def finished(run: Path) -> bool:
+    """Trained and evaluated after training: a run stopped by a signal also writes summary.json, without "after"."""
+    try:
+        return "after" in json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def run_figures(run: Path) -> dict[str, Optional[float]]:
@@ -80,31 +89,33 @@ def curves(run: Path) -> dict[str, dict[int, float]]:
     return out
 
 
-# Student's t distribution from its density (no scipy): the CDF by Simpson's rule, the quantile by bisection.
-def _t_pdf(x: float, df: int) -> float:
-    c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    return math.exp(c - (df + 1) / 2 * math.log1p(x * x / df))
+def t_two_sided_p(t: float, df: int) -> float:
+    """P(|T| >= |t|) for T ~ Student t with integer ``df``, in closed form (Abramowitz & Stegun 26.7.3-4):
+    with theta = atan(|t| / sqrt(df)), P(|T| < |t|) is a finite series in sin and cos of theta."""
+    theta = math.atan(abs(t) / math.sqrt(df))
+    c2 = math.cos(theta) ** 2
+    if df % 2:  # odd: (2/pi) (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...)), the sum absent for df = 1
+        term, total = 1.0, 1.0 if df > 1 else 0.0
+        for k in range(1, (df - 1) // 2):
+            term *= 2 * k / (2 * k + 1) * c2
+            total += term
+        inside = 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
+    else:  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+        term, total = 1.0, 1.0
+        for k in range(1, df // 2):
+            term *= (2 * k - 1) / (2 * k) * c2
+            total += term
+        inside = math.sin(theta) * total
+    return max(0.0, 1.0 - inside)
 
 
-def t_two_sided_p(t: float, df: int, n: int = 4000) -> float:
-    """P(|T| >= |t|) for T ~ t(df)."""
-    a = abs(t)
-    if a == 0:
-        return 1.0
-    h = a / n
-    s = _t_pdf(0, df) + _t_pdf(a, df) + sum((4 if i % 2 else 2) * _t_pdf(i * h, df) for i in range(1, n))
-    return max(0.0, 1 - 2 * s * h / 3)
-
-
+@functools.lru_cache(maxsize=None)
 def t_quantile(q: float, df: int) -> float:
-    """x with P(T <= x) = q, for q > 0.5."""
-    lo, hi = 0.0, 1000.0
-    for _ in range(100):
+    """x with P(T <= x) = q, for q > 0.5, by bisection."""
+    lo, hi = 0.0, 1e6
+    for _ in range(200):
         mid = (lo + hi) / 2
-        if 1 - t_two_sided_p(mid, df, 2000) / 2 < q:
-            lo = mid
-        else:
-            hi = mid
+        lo, hi = (mid, hi) if 1 - t_two_sided_p(mid, df) / 2 < q else (lo, mid)
     return (lo + hi) / 2
 
 
@@ -123,8 +134,9 @@ def sign_flip_p(diffs: list[float]) -> float:
     """Exact two-sided permutation p-value of the mean paired difference (all 2^n sign flips).
     With n seeds it cannot go below 2 / 2^n: 0.0625 at 5 seeds."""
     observed = abs(sum(diffs))
+    tie = 1e-9 * max(abs(d) for d in diffs)  # sums equal up to rounding count as at least as extreme
     flips = list(itertools.product((1, -1), repeat=len(diffs)))
-    hits = sum(abs(sum(s * d for s, d in zip(signs, diffs))) >= observed - 1e-12 for signs in flips)
+    hits = sum(abs(sum(s * d for s, d in zip(signs, diffs))) >= observed - tie for signs in flips)
     return hits / len(flips)
 
 
@@ -136,8 +148,8 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Optional[dict]:
         return None
     out = mean_ci(diffs)
     sd = out["sd"]
-    t = out["mean"] / (sd / math.sqrt(len(diffs))) if sd else (math.inf if out["mean"] else 0.0)
-    out["p_t"] = t_two_sided_p(t, len(diffs) - 1) if math.isfinite(t) else 0.0
+    # Identical differences in every seed leave the t-test undefined (no spread): the sign-flip p stands alone.
+    out["p_t"] = t_two_sided_p(out["mean"] / (sd / math.sqrt(len(diffs))), len(diffs) - 1) if sd else None
     out["p_sign_flip"] = sign_flip_p(diffs)
     out["wins"] = sum(d > 0 for d in diffs)
     return out
@@ -149,9 +161,9 @@ def stage_stats(root: Path) -> dict:
     curve: dict[str, dict[int, dict]] = {}
     for run in sorted(p for p in root.iterdir() if p.is_dir() and "-s" in p.name):
         method, seed = run.name.rsplit("-s", 1)
-        if method not in METHODS:
+        if method not in METHODS or not seed.isdigit():
             continue
-        if not (run / "summary.json").is_file():
+        if not finished(run):
             running.append(run.name)
             continue
         runs.setdefault(method, {})[int(seed)] = run_figures(run)
@@ -165,7 +177,8 @@ def stage_stats(root: Path) -> dict:
         for f in figures:
             values = [by_seed[s][f] for s in sorted(by_seed) if by_seed[s].get(f) is not None]
             if values:
-                out["methods"][m]["figures"][f] = {**mean_ci(values), "by_seed": {s: by_seed[s][f] for s in sorted(by_seed)}}
+                out["methods"][m]["figures"][f] = {**mean_ci(values),
+                                                   "by_seed": {s: by_seed[s].get(f) for s in sorted(by_seed)}}
         out["curves"][m] = _mean_curves(curve[m])
     if BASELINE in runs:
         for m in methods:
@@ -237,9 +250,12 @@ def markdown(stats: dict) -> str:
                 cells = []
                 for c in cols:
                     d = figs.get(c[0])
-                    cells.append("-" if not d else f"{_cell(d, c[2])} p={d['p_t']:.2f}/{d['p_sign_flip']:.2f} "
+                    p_t = "n/a" if d and d["p_t"] is None else f"{d['p_t']:.2f}" if d else ""
+                    cells.append("-" if not d else f"{_cell(d, c[2])} p={p_t}/{d['p_sign_flip']:.2f} "
                                                    f"({d['wins']}/{d['n']})")
                 lines.append(f"| {METHODS[m]} | " + " | ".join(cells) + " |")
+        if not _steps(st):
+            continue
         lines += ["", "Held-out curves, mean over seeds (greedy / pass@1 / pass@4, %):", "",
                   "| method | " + " | ".join(f"step {s}" for s in _steps(st)) + " |", "|---|" + "---|" * len(_steps(st))]
         for m, cv in st["curves"].items():

@@ -89,6 +89,11 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
 
     again = opo("train", *args, "train.steps=3", "resume=true", f"run_dir={part}", check=False)
     assert again.returncode == 2 and "nothing to train" in again.stderr
+    # Stopped during the final evaluation (no summary yet): resuming runs only that evaluation.
+    (part / "summary.json").unlink()
+    last = opo("train", *args, "train.steps=3", "resume=true", f"run_dir={part}")
+    assert "running the final held-out evaluation" in last.stdout
+    assert "after" in json.loads((part / "summary.json").read_text()) and sorted(steps(part)) == [1, 2, 3]
 
 
 def test_resume_needs_an_explicit_run_dir():

@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from opo.report import PLOTS, group_by_seed, line_chart, load_run, mean_line, write_report
+from opo.report import PLOTS, group_by_seed, group_name, line_chart, load_run, mean_line, write_report
 
 
 def fake_run(root, name, lr, steps=6, seed=0, eval_every=0, passes=False):
@@ -83,6 +83,18 @@ def test_mean_seeds_draws_one_line_per_group_with_the_seeds_range_shaded(tmp_pat
     assert re.findall(r'<polyline[^>]*data-run="([^"]+)"', reward) == ["opo (2 seeds)", "grpo (1 seed)"]
     assert reward.count("<polygon") == 1  # one seed has no range
     assert ">opo (2 seeds)</text>" in (tmp_path / "svg" / "reward_mean.svg").read_text()
+    held_out = _chart(page, "Held-out accuracy (greedy)")  # before and after only: no band between them
+    assert "<polygon" not in held_out and held_out.count('stroke-width="5"') == 2  # the seeds' range at each
+
+
+def test_mean_seeds_groups_runs_without_a_config_by_directory_and_keeps_names_that_only_end_in_digits(tmp_path):
+    runs = [fake_run(tmp_path, "steps30", 1e-5), fake_run(tmp_path, "other", 1e-5)]
+    for r in runs:
+        (r / "config.yaml").unlink()
+    loaded = [load_run(r) for r in runs]
+    assert len(group_by_seed(loaded)) == 2
+    assert group_name([loaded[0]]) == "steps30 (1 seed)"
+    assert group_name([load_run(fake_run(tmp_path, "a_seed4", 1e-5))]) == "a (1 seed)"
 
 
 def test_chart_without_data_says_so_and_a_constant_series_still_draws():

@@ -36,7 +36,8 @@ SVG_STYLE = ("<style>text{font:11px system-ui,sans-serif;fill:#333}.title{font-s
 PASS_PLOT = ("eval/pass@{k}", "Held-out pass@{k} (sampled)", "pass@{k}")
 # Keys that say where and how a run ran, not what it trained: runs differing only in these (and the seed)
 # are seeds of one experiment for --mean-seeds.
-GROUP_IGNORED = ("run.seed", "run.dir", "run.threads", "run.progress", "checkpoint.resume")
+GROUP_IGNORED = ("run.seed", "run.dir", "run.threads", "run.progress", "checkpoint.resume", "checkpoint.every",
+                 "checkpoint.keep", "train.overwrite", "train.wandb.name")
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
           "#7f7f7f"]
 
@@ -217,10 +218,13 @@ def line_chart(title: str, ylabel: str, lines: list, width: int = 440, height: i
     out.append(f'<text x="{left + pw / 2}" y="{plot_height - 4}" text-anchor="middle">step</text>')
     out.append(f'<text transform="translate(12 {top + ph / 2}) rotate(-90)" text-anchor="middle">{html.escape(ylabel)}</text>')
     for line in lines:
-        if len(line.band) > 1:
+        if line.connect and len(line.band) > 1:
             edge = [(x, hi) for x, _, hi in line.band] + [(x, lo) for x, lo, _ in reversed(line.band)]
             coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in edge)
             out.append(f'<polygon points="{coords}" fill="{line.color}" fill-opacity="0.15" stroke="none"/>')
+        elif not line.connect:  # no band between steps that were not measured: a bar at each one
+            out += [f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{sy(lo):.1f}" y2="{sy(hi):.1f}" stroke="{line.color}" '
+                    f'stroke-opacity="0.4" stroke-width="5"/>' for x, lo, hi in line.band]
     for label, color, ps, connect, _ in lines:
         if not ps:
             continue
@@ -251,11 +255,12 @@ def config_table(runs: list[dict[str, Any]]) -> str:
     return f'<table class="config"><tr><th>key</th>{head}</tr>\n' + "\n".join(rows) + "</table>"
 
 
-def summary_table(runs: list[dict[str, Any]]) -> str:
+def summary_table(runs: list[dict[str, Any]], colors: list[str]) -> str:
+    """A row per run; ``colors``: each run's colour in the charts."""
     rows = []
-    for i, r in enumerate(runs):
+    for r, color in zip(runs, colors):
         s = r["summary"]
-        cells = [f'<td><span class="swatch" style="background:{COLORS[i % len(COLORS)]}"></span>'
+        cells = [f'<td><span class="swatch" style="background:{color}"></span>'
                  f'{html.escape(r["name"])}</td>']
         for when in ("before", "after"):
             evaluation = s.get(when)
@@ -289,10 +294,10 @@ def plots(runs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     return PLOTS[:at] + passes + PLOTS[at:]
 
 
-def _connects(config: dict[str, Any], key: str) -> bool:
-    """Held-out results join into a curve only where the run evaluated every few steps: a line between
-    the evaluations before and after training would draw what was never measured."""
-    return not key.startswith("eval/") or bool(config.get("train.eval_every"))
+def _connects(key: str, points: list) -> bool:
+    """Held-out results join into a curve only where they were measured between the first and the last
+    evaluation: a line from before training to after it would draw what was never measured."""
+    return not key.startswith("eval/") or len(points) > 2
 
 
 def group_by_seed(runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -300,14 +305,14 @@ def group_by_seed(runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     order of first appearance."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
-        what = {k: v for k, v in r["config"].items() if k not in GROUP_IGNORED}
+        what = {k: v for k, v in r["config"].items() if k not in GROUP_IGNORED} or {"no config": r["path"]}
         groups.setdefault(json.dumps(what, sort_keys=True, default=str), []).append(r)
     return list(groups.values())
 
 
 def group_name(group: list[dict[str, Any]]) -> str:
     """The first run's name without a seed suffix (opo-s3, grpo_seed1), and the number of seeds."""
-    stem = re.sub(r"[-_.]?(s|seed)\d+$", "", group[0]["name"]) or group[0]["name"]
+    stem = re.sub(r"(?:^|[-_.])(?:s|seed)\d+$", "", group[0]["name"]) or group[0]["name"]
     return f"{stem} ({len(group)} seed{'s' if len(group) > 1 else ''})"
 
 
@@ -317,27 +322,33 @@ def mean_line(label: str, color: str, group: list[dict[str, Any]], key: str) -> 
     steps = sorted(set.intersection(*(set(p) for p in per_run)))
     points = [(s, sum(p[s] for p in per_run) / len(per_run)) for s in steps]
     band = tuple((s, min(p[s] for p in per_run), max(p[s] for p in per_run)) for s in steps) if len(group) > 1 else ()
-    return Line(label, color, points, _connects(group[0]["config"], key), band)
+    return Line(label, color, points, _connects(key, points), band)
+
+
+def named_groups(runs: list[dict[str, Any]], mean_seeds: bool) -> list[tuple[str, list[dict[str, Any]]]]:
+    """What the charts draw a line for: each run, or with ``mean_seeds`` each group of seeds, named."""
+    if not mean_seeds:
+        return [(r["name"], [r]) for r in runs]
+    groups = group_by_seed(runs)
+    names = [group_name(g) for g in groups]
+    if len(set(names)) < len(names):  # groups of runs named alike: number them
+        names = [f"group {i + 1}: {n}" for i, n in enumerate(names)]
+    return list(zip(names, groups))
 
 
 def charts(runs: list[dict[str, Any]], legend: bool = False, mean_seeds: bool = False) -> dict[str, str]:
     """One SVG chart per plotted metric key: a line per run, or with ``mean_seeds`` per group of seeds."""
-    if mean_seeds:
-        groups = group_by_seed(runs)
-        names = [group_name(g) for g in groups]
-        if len(set(names)) < len(names):  # groups of runs named alike: number them
-            names = [f"group {i + 1}: {n}" for i, n in enumerate(names)]
-        return {key: line_chart(t, y, [mean_line(n, COLORS[i % len(COLORS)], g, key)
-                                       for i, (n, g) in enumerate(zip(names, groups))], legend=legend)
-                for key, t, y in plots(runs)}
-    return {key: line_chart(t, y, [Line(r["name"], COLORS[i % len(COLORS)], series(r, key), _connects(r["config"], key))
-                                   for i, r in enumerate(runs)], legend=legend)
+    lines = named_groups(runs, mean_seeds)
+    return {key: line_chart(t, y, [mean_line(n, COLORS[i % len(COLORS)], g, key) for i, (n, g) in enumerate(lines)],
+                            legend=legend)
             for key, t, y in plots(runs)}
 
 
 def render(runs: list[dict[str, Any]], title: Optional[str] = None, mean_seeds: bool = False) -> str:
     """The report as one HTML string."""
-    names = [group_name(g) for g in group_by_seed(runs)] if mean_seeds else [r["name"] for r in runs]
+    lines = named_groups(runs, mean_seeds)
+    names = [n for n, _ in lines]
+    color_of = {id(r): COLORS[i % len(COLORS)] for i, (_, g) in enumerate(lines) for r in g}
     legend = "".join(f'<span><span class="swatch" style="background:{COLORS[i % len(COLORS)]}"></span>'
                      f'{html.escape(n)}</span>' for i, n in enumerate(names))
     if mean_seeds:
@@ -345,7 +356,8 @@ def render(runs: list[dict[str, Any]], title: Optional[str] = None, mean_seeds: 
     title = title or "opo report: " + ", ".join(names)
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
-            f"<h2>Summary</h2>\n{summary_table(runs)}\n<h2>Metrics per step</h2>\n<p class=\"legend\">{legend}</p>\n"
+            f"<h2>Summary</h2>\n{summary_table(runs, [color_of[id(r)] for r in runs])}\n"
+            f"<h2>Metrics per step</h2>\n<p class=\"legend\">{legend}</p>\n"
             f"<div class=\"charts\">\n" + "\n".join(charts(runs, mean_seeds=mean_seeds).values()) + "\n</div>\n"
             f"<h2>Configurations (differences highlighted)</h2>\n{config_table(runs)}\n</body></html>\n")
 

@@ -77,7 +77,7 @@ def _train(cfg: Config, d: Dist, held: contextlib.ExitStack) -> dict[str, Any]:
     run = setup(cfg, d=d, weights=str(resume_from) if resume_from else None,
                 max_new_tokens=max(cfg.rollout.max_new_tokens, cfg.train.eval_max_new_tokens), run_dir=run_dir)
     try:
-        at = _start(run, resume_from, say)
+        at = _start(run, resume_from, run_dir, say)
         log, samples_log = _open_logs(run_dir, cfg, d, at.step if resume_from else -1, held)
         if at.step == 0 and cfg.train.eval_before:
             at.summary["before"] = _held_out(run, log, step=0)
@@ -116,11 +116,11 @@ def _train(cfg: Config, d: Dist, held: contextlib.ExitStack) -> dict[str, Any]:
         run.close()
 
 
-def _start(run: Run, resume_from: Optional[Path], say: Callable) -> Progress:
+def _start(run: Run, resume_from: Optional[Path], run_dir: Path, say: Callable) -> Progress:
     """Where the loop starts (a checkpoint's position, or step 0) and the summary's setup entries."""
     cfg, d = run.cfg, run.dist
     say(run.compute.describe(d, cfg.train.fsdp))
-    at = _restore(run, resume_from, say) if resume_from else Progress()
+    at = _restore(run, resume_from, run_dir, say) if resume_from else Progress()
     at.summary["data/skipped_rows"] = run.task.skipped_rows
     at.summary["compute"] = run.compute.describe(d)
     at.summary.update(parameter_counts(run.model))
@@ -242,16 +242,28 @@ def _claim(run_dir: Path, cfg: Config, d: Dist, held: contextlib.ExitStack, say:
                                               defaults=Config().to_dict()), held, say, d)
 
 
-def _restore(run: Run, ckpt: Path, say: Callable) -> Progress:
+def _restore(run: Run, ckpt: Path, run_dir: Path, say: Callable) -> Progress:
     """Optimizer, scheduler, RNG and loop position of a checkpoint (its weights are already loaded)."""
     state = checkpoint.restore(ckpt, run.model, run.optimizer, run.scheduler)
     run.shuffle.set_state(state["shuffle"])
     at = Progress(state["step"], state["data_pos"], json.loads(state["summary"]))
-    if at.step >= run.cfg.train.steps:
-        raise ConfigError(f"resume: the checkpoint {ckpt} is at step {at.step} and train.steps={run.cfg.train.steps}: "
+    steps = run.cfg.train.steps
+    if at.step > steps or (at.step == steps and _finished(run_dir)):
+        raise ConfigError(f"resume: the checkpoint {ckpt} is at step {at.step} and train.steps={steps}: "
                           "nothing to train; raise train.steps to continue")
-    say(f"resume: continuing from {ckpt} (step {at.step})")
+    if at.step == steps:  # stopped during the final evaluation: that is what is left
+        say(f"resume: {ckpt} is the last step's checkpoint; running the final held-out evaluation")
+    else:
+        say(f"resume: continuing from {ckpt} (step {at.step})")
     return at
+
+
+def _finished(run_dir: Path) -> bool:
+    """Whether the run wrote its summary after the final held-out evaluation."""
+    try:
+        return "after" in json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def _save(run: Run, run_dir: Path, at: Progress) -> None:
