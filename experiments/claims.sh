@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 STAGE=${1:-1}
 LANES=${LANES:-1}
 THREADS=${THREADS:-2}
-METHODS=(opo grpo grpo_off rloo)
+METHODS=(opo grpo_off grpo rloo)  # the paper's comparison first
 
 done_run() {  # trained and evaluated after training (a run stopped by a signal writes a summary without "after")
   [ -f "$1/summary.json" ] && grep -q '"after"' "$1/summary.json"
