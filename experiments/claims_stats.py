@@ -235,6 +235,9 @@ def markdown(stats: dict) -> str:
         lines += [f"### {stage}", ""]
         if st["unfinished"]:
             lines += [f"Unfinished (not counted): {', '.join(st['unfinished'])}.", ""]
+        if not st["methods"]:
+            lines += ["No finished runs yet.", ""]
+            continue
         cols = [c for c in COLUMNS if any(c[0] in m["figures"] for m in st["methods"].values())]
         lines += ["Mean [95% t-interval] over seeds; percentages for accuracy, pass@k and repetition.", "",
                   "| method | seeds | " + " | ".join(c[1] for c in cols) + " |",
@@ -242,7 +245,9 @@ def markdown(stats: dict) -> str:
         for m, ms in st["methods"].items():
             lines.append(f"| {METHODS[m]} | {len(ms['seeds'])} | "
                          + " | ".join(_cell(ms["figures"].get(c[0]), c[2]) for c in cols) + " |")
-        if st["paired_vs_opo"]:
+        if not any(st["paired_vs_opo"].values()):
+            lines += ["", "Paired comparisons need at least 2 seeds finished by OPO and the other method."]
+        else:
             lines += ["", "OPO minus each method, paired by seed: mean difference [95% t-interval], "
                       "paired t-test p, exact sign-flip p, seeds where OPO is higher.", "",
                       "| vs | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
