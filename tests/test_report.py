@@ -49,7 +49,7 @@ def test_report_has_every_plot_a_line_per_run_and_highlights_differences(tmp_pat
     diff_rows = re.findall(r'<tr class="diff"><th>([^<]+)</th>', page)
     assert diff_rows == ["optim.lr", "run.dir", "run.seed"]  # the differing keys, listed first
     assert '<tr class="same"><th>algo.advantage</th>' in page
-    assert "20.0%" in page and "10.0 min" in page
+    assert "20.0%" in page and "1.2 min" in page  # 6 steps of 12 s, from metrics.jsonl (survives resumes)
     standalone = (tmp_path / "svg" / "reward_mean.svg").read_text()
     assert standalone.startswith("<svg") and "<style>" in standalone and ">opo</text>" in standalone
     assert len(list((tmp_path / "svg").glob("*.svg"))) == len(PLOTS)

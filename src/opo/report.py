@@ -269,12 +269,13 @@ def summary_table(runs: list[dict[str, Any]], colors: list[str]) -> str:
         for key in ("entropy", "policy_shift/k3", "repetition/degenerate"):
             vals = [v for _, v in series(r, key)]
             cells.append(f"<td>{sum(vals) / len(vals):.4g}</td>" if vals else "<td>-</td>")
-        wall = s.get("wall_time_s")
-        cells.append(f"<td>{wall / 60:.1f} min</td>" if isinstance(wall, (int, float)) else "<td>-</td>")
+        # Steps and evaluations as logged: summary.json's wall_time_s counts only a resumed run's last process.
+        seconds = sum(v for key in ("time/step", "time/eval") for _, v in series(r, key))
+        cells.append(f"<td>{seconds / 60:.1f} min</td>" if seconds else "<td>-</td>")
         cells.append(f"<td>{html.escape(r['path'])}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     head = ("<tr><th>run</th><th>held-out accuracy before</th><th>after</th><th>mean entropy</th>"
-            "<th>mean policy shift (k3)</th><th>mean degenerate share</th><th>wall time</th><th>directory</th></tr>")
+            "<th>mean policy shift (k3)</th><th>mean degenerate share</th><th>compute time</th><th>directory</th></tr>")
     return f'<table class="summary">{head}\n' + "\n".join(rows) + "</table>"
 
 
