@@ -13,7 +13,7 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import yaml
 
@@ -167,6 +167,31 @@ class Line(NamedTuple):
     band: tuple = ()  # (step, low, high) per step: the range over a group's seeds, shaded
 
 
+def _series_svg(lines: list[Line], sx: Callable[[float], float], sy: Callable[[float], float]) -> list[str]:
+    """The SVG of each line: its seed band (an area where connected, bars where not), line and markers;
+    ``sx``/``sy`` map data to pixel coordinates."""
+    out: list[str] = []
+    for line in lines:
+        if line.connect and len(line.band) > 1:
+            edge = [(x, hi) for x, _, hi in line.band] + [(x, lo) for x, lo, _ in reversed(line.band)]
+            coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in edge)
+            out.append(f'<polygon points="{coords}" fill="{line.color}" fill-opacity="0.15" stroke="none"/>')
+        elif not line.connect:  # no band between steps that were not measured: a bar at each one
+            out += [f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{sy(lo):.1f}" y2="{sy(hi):.1f}" stroke="{line.color}" '
+                    f'stroke-opacity="0.4" stroke-width="5"/>' for x, lo, hi in line.band]
+    for label, color, ps, connect, _ in lines:
+        if not ps:
+            continue
+        if connect:
+            coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in ps)
+            out.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.6" '
+                       f'data-run="{html.escape(label)}"/>')
+        r = 2.5 if len(ps) <= 40 or not connect else 0
+        out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="{r}" fill="{color}" data-run="{html.escape(label)}"/>'
+                for x, y in ps if r]
+    return out
+
+
 def line_chart(title: str, ylabel: str, lines: list, width: int = 440, height: int = 250,
                legend: bool = False) -> str:
     """An SVG line chart; ``lines`` holds ``Line``s (or (label, colour, points) tuples). Points are also
@@ -217,24 +242,7 @@ def line_chart(title: str, ylabel: str, lines: list, width: int = 440, height: i
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="frame"/>')
     out.append(f'<text x="{left + pw / 2}" y="{plot_height - 4}" text-anchor="middle">step</text>')
     out.append(f'<text transform="translate(12 {top + ph / 2}) rotate(-90)" text-anchor="middle">{html.escape(ylabel)}</text>')
-    for line in lines:
-        if line.connect and len(line.band) > 1:
-            edge = [(x, hi) for x, _, hi in line.band] + [(x, lo) for x, lo, _ in reversed(line.band)]
-            coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in edge)
-            out.append(f'<polygon points="{coords}" fill="{line.color}" fill-opacity="0.15" stroke="none"/>')
-        elif not line.connect:  # no band between steps that were not measured: a bar at each one
-            out += [f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{sy(lo):.1f}" y2="{sy(hi):.1f}" stroke="{line.color}" '
-                    f'stroke-opacity="0.4" stroke-width="5"/>' for x, lo, hi in line.band]
-    for label, color, ps, connect, _ in lines:
-        if not ps:
-            continue
-        if connect:
-            coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in ps)
-            out.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.6" '
-                       f'data-run="{html.escape(label)}"/>')
-        r = 2.5 if len(ps) <= 40 or not connect else 0
-        out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="{r}" fill="{color}" data-run="{html.escape(label)}"/>'
-                for x, y in ps if r]
+    out += _series_svg(lines, sx, sy)
     return "\n".join(out + ["</svg>"])
 
 
