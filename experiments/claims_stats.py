@@ -24,13 +24,15 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from opo.report import load_run
+
 METHODS = {"opo": "OPO", "grpo": "GRPO on-policy", "grpo_off": "GRPO off-policy", "rloo": "RLOO"}
 BASELINE = "opo"
 TABLES_BEGIN, TABLES_END = "<!-- tables: experiments/claims_stats.py -->", "<!-- end of tables -->"
 
 
 def _rows(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return load_run(run)["rows"]  # opo report's reader: a line cut short by a kill is dropped with a warning
 
 
 def _train_rows(rows: list[dict]) -> list[dict]:
