@@ -9,8 +9,8 @@
 #      prompt's instruction: ~90 tokens on average before training, some truncated), up to 160 new
 #      tokens, 20 steps x 4 prompts x 8 samples, seeds 0-2; held-out every 10 steps on 50 problems.
 # Every run resumes from its last checkpoint (every 5 steps) and is skipped once it has been evaluated
-# after training (its checkpoints are then deleted), so the campaign spans sessions (stop it with Ctrl-C or by killing the script: each run
-# checkpoints and exits). One invocation per stage at a time:
+# after training (its checkpoints are then deleted), so the campaign spans sessions (stop it with Ctrl-C
+# or by killing the script: each run checkpoints and exits). One invocation per stage at a time:
 #   experiments/claims.sh [1|2]                  # the runs not done yet, seed by seed (paired data first)
 #   LANES=2 THREADS=1 experiments/claims.sh 1    # two runs side by side, one thread each
 #   experiments/claims.sh report                 # tables and statistics (experiments/claims_stats.py), plots
@@ -71,7 +71,8 @@ lane() {
       # A lane stops at its first failure (a full disk, a broken setup) rather than fail every run after it.
       .venv/bin/opo train "${config[@]}" "${COMMON[@]}" run.seed="$seed" run.dir="$run" >> "$run.log" 2>&1 \
         || { echo "claims.sh: $run failed or was stopped (see $run.log)" >&2; return 1; }
-      rm -rf "$run/checkpoints"  # 3 GB a run; its figures are in metrics.jsonl and summary.json
+      # 3 GB a run; its figures are in metrics.jsonl and summary.json (a run stopped by a signal keeps them).
+      if done_run "$run"; then rm -rf "$run/checkpoints"; fi
     done
   done
 }
