@@ -8,9 +8,13 @@
 #   2  long responses: the default task's sums answered after step-by-step reasoning (the MATH
 #      prompt's instruction: ~90 tokens on average before training, some truncated), up to 160 new
 #      tokens, 20 steps x 4 prompts x 8 samples, seeds 0-2; held-out every 10 steps on 50 problems.
-# Every run resumes from its last checkpoint (every 5 steps) and is skipped once it has been evaluated
-# after training (its checkpoints are then deleted), so the campaign spans sessions (stop it with Ctrl-C
-# or by killing the script: each run checkpoints and exits). One invocation per stage at a time:
+# Every run resumes from its last checkpoint (every 5 steps) under runs/claims/ (stop it with Ctrl-C or by
+# killing the script: each run checkpoints and exits). Once evaluated after training, a run's figures
+# (metrics.jsonl, summary.json, config.yaml, and machine.txt: the CPU and its bf16) are copied into
+# experiments/claims_runs/stage<N>/<method>-s<seed>/, which is committed, its checkpoints are deleted,
+# and it is skipped from then on: the campaign spans sessions and machines, and runs/ may be lost
+# between them. All runs compute in fp32 (run.precision=fp32), native bf16 or not, so seeds run on
+# different machines stay comparable. One invocation per stage at a time:
 #   experiments/claims.sh [1|2]                  # the runs not done yet, seed by seed (paired data first)
 #   LANES=2 THREADS=1 experiments/claims.sh 1    # two runs side by side, one thread each
 #   experiments/claims.sh report                 # tables and statistics (experiments/claims_stats.py), plots
@@ -21,16 +25,20 @@ LANES=${LANES:-1}
 THREADS=${THREADS:-2}
 METHODS=(opo grpo_off grpo rloo)  # the paper's comparison first
 
+STORE=experiments/claims_runs
 done_run() {  # trained and evaluated after training (a run stopped by a signal writes a summary without "after")
   [ -f "$1/summary.json" ] && grep -q '"after"' "$1/summary.json"
 }
+recorded() {  # in the committed store: a finished run's files, or the figures of one whose files were lost
+  done_run "$1" || [ -f "$1/figures.json" ]
+}
 
 if [ "$STAGE" = report ]; then
-  .venv/bin/python experiments/claims_stats.py runs/claims --out docs/claims.json --markdown docs/claims.md
+  .venv/bin/python experiments/claims_stats.py $STORE --out docs/claims.json --markdown docs/claims.md
   for stage in 1 2; do
     dirs=()
     for name in "${METHODS[@]}"; do
-      for run in runs/claims/stage$stage/$name-s*/; do done_run "$run" && dirs+=("$run"); done
+      for run in $STORE/stage$stage/$name-s*/; do [ -f "$run/metrics.jsonl" ] && dirs+=("$run"); done
     done
     [ ${#dirs[@]} -gt 0 ] || continue
     .venv/bin/opo report "${dirs[@]}" --mean-seeds --out docs/claims_stage$stage.html --svg-dir docs/plots/claims$stage
@@ -49,7 +57,7 @@ case $STAGE in
 Please reason step by step, and put your final answer within \\boxed{}.") ;;
   *) echo "usage: experiments/claims.sh [1|2|report]" >&2; exit 2 ;;
 esac
-COMMON+=(train.shift_every=5 checkpoint.every=5 checkpoint.resume=true run.threads=$THREADS run.progress=false)
+COMMON+=(run.precision=fp32 train.shift_every=5 checkpoint.every=5 checkpoint.resume=true run.threads=$THREADS run.progress=false)
 ROOT=runs/claims/stage$STAGE
 mkdir -p "$ROOT"
 exec 9> "$ROOT/.lock"
@@ -60,7 +68,7 @@ lane() {
   for seed in $SEEDS; do
     for name in "${METHODS[@]}"; do
       run=$ROOT/$name-s$seed
-      done_run "$run" && continue
+      recorded "$STORE/stage$STAGE/$name-s$seed" && continue
       mkdir "$ROOT/.claimed/$name-s$seed" 2>/dev/null || continue
       case $name in
         opo) config=() ;;
@@ -71,8 +79,16 @@ lane() {
       # A lane stops at its first failure (a full disk, a broken setup) rather than fail every run after it.
       .venv/bin/opo train "${config[@]}" "${COMMON[@]}" run.seed="$seed" run.dir="$run" >> "$run.log" 2>&1 \
         || { echo "claims.sh: $run failed or was stopped (see $run.log)" >&2; return 1; }
-      # 3 GB a run; its figures are in metrics.jsonl and summary.json (a run stopped by a signal keeps them).
-      if done_run "$run"; then rm -rf "$run/checkpoints"; fi
+      if done_run "$run"; then
+        keep=$STORE/stage$STAGE/$name-s$seed
+        mkdir -p "$keep"
+        cp "$run/metrics.jsonl" "$run/summary.json" "$run/config.yaml" "$keep/"
+        { echo "cpu:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+          echo "native bf16 (avx512_bf16 or amx_bf16): $(grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo && echo yes || echo no)"
+          echo "cores: $(nproc); threads per run: $THREADS; runs side by side: $LANES; precision: fp32"
+        } > "$keep/machine.txt"
+        rm -rf "$run/checkpoints"  # 3 GB a run
+      fi
     done
   done
 }

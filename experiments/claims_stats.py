@@ -2,12 +2,14 @@
 over seeds of each figure; OPO against each other method, paired by seed, with a paired t-test and
 an exact sign-flip permutation test. Writes a small JSON (committed) and Markdown tables.
 
-    .venv/bin/python experiments/claims_stats.py runs/claims --out docs/claims.json --markdown docs/claims.md
+    .venv/bin/python experiments/claims_stats.py experiments/claims_runs --out docs/claims.json --markdown docs/claims.md
 
 --markdown replaces what lies between the file's TABLES_BEGIN and TABLES_END lines (the docs page's
 generated part), or writes a new file.
 
-A run counts once its summary.json exists; runs still going are listed, never averaged. The unit of
+A run counts once it has been evaluated after training; runs still going are listed, never averaged.
+A run directory holds what opo wrote (metrics.jsonl, summary.json) and machine.txt, or, for a run whose
+files were lost, only figures.json: its figures, without curves. The unit of
 replication is the seed: held-out problems are the same in every run, so they are not independent
 draws across runs.
 """
@@ -47,6 +49,8 @@ def _mean_of(rows: list[dict], key: str) -> Optional[float]:
 
 def finished(run: Path) -> bool:
     """Trained and evaluated after training: a run stopped by a signal also writes summary.json, without "after"."""
+    if (run / "figures.json").is_file():
+        return True
     try:
         return "after" in json.loads((run / "summary.json").read_text())
     except (OSError, ValueError):
@@ -55,6 +59,8 @@ def finished(run: Path) -> bool:
 
 def run_figures(run: Path) -> dict[str, Optional[float]]:
     """The figures of one finished run: held-out results after training, means over training steps."""
+    if (run / "figures.json").is_file():
+        return json.loads((run / "figures.json").read_text())["figures"]
     summary = json.loads((run / "summary.json").read_text())
     rows = _rows(run)
     train = _train_rows(rows)
@@ -81,14 +87,25 @@ def run_figures(run: Path) -> dict[str, Optional[float]]:
 
 
 def curves(run: Path) -> dict[str, dict[int, float]]:
-    """Held-out greedy accuracy and pass@k at each evaluated step."""
+    """Held-out greedy accuracy and pass@k at each evaluated step (none for a run kept as figures only)."""
     out: dict[str, dict[int, float]] = {}
+    if not (run / "metrics.jsonl").is_file():
+        return out
     for r in _rows(run):
         if "time/eval" in r:
             for key in ("eval/accuracy", "eval/pass@1", "eval/pass@4"):
                 if key in r:
                     out.setdefault(key, {})[int(r["step"])] = r[key]
     return out
+
+
+def machine(run: Path) -> str:
+    """Where a run computed: machine.txt (claims.sh writes it), or figures.json's note."""
+    if (run / "machine.txt").is_file():
+        return "; ".join(line for line in (run / "machine.txt").read_text().splitlines() if line)
+    if (run / "figures.json").is_file():
+        return json.loads((run / "figures.json").read_text()).get("machine", "not recorded")
+    return "not recorded"
 
 
 def t_two_sided_p(t: float, df: int) -> float:
@@ -160,6 +177,7 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Optional[dict]:
 def stage_stats(root: Path) -> dict:
     runs: dict[str, dict[int, dict]] = {}
     running = []
+    machines: dict[str, list[str]] = {}
     curve: dict[str, dict[int, dict]] = {}
     for run in sorted(p for p in root.iterdir() if p.is_dir() and "-s" in p.name):
         method, seed = run.name.rsplit("-s", 1)
@@ -169,10 +187,11 @@ def stage_stats(root: Path) -> dict:
             running.append(run.name)
             continue
         runs.setdefault(method, {})[int(seed)] = run_figures(run)
+        machines.setdefault(machine(run), []).append(run.name)
         curve.setdefault(method, {})[int(seed)] = curves(run)
     methods = [m for m in METHODS if m in runs]
     figures = sorted({k for m in methods for s in runs[m].values() for k in s})
-    out: dict = {"unfinished": running, "methods": {}, "paired_vs_opo": {}, "curves": {}}
+    out: dict = {"unfinished": running, "machines": machines, "methods": {}, "paired_vs_opo": {}, "curves": {}}
     for m in methods:
         by_seed = runs[m]
         out["methods"][m] = {"seeds": sorted(by_seed), "figures": {}}
@@ -240,6 +259,8 @@ def markdown(stats: dict) -> str:
         if not st["methods"]:
             lines += ["No finished runs yet.", ""]
             continue
+        lines += ["Machines:", ""] + [f"- {where}: {', '.join(sorted(names))}" for where, names in st["machines"].items()]
+        lines.append("")
         cols = [c for c in COLUMNS if any(c[0] in m["figures"] for m in st["methods"].values())]
         lines += ["Mean [95% t-interval] over seeds; percentages for accuracy, pass@k and repetition.", "",
                   "| method | seeds | " + " | ".join(c[1] for c in cols) + " |",

@@ -62,6 +62,25 @@ def test_stage_stats_counts_finished_runs_only_and_pairs_by_seed(tmp_path):
     greedy = st["paired_vs_opo"]["grpo_off"]["greedy"]
     assert greedy["mean"] == pytest.approx(0.4 / 3) and greedy["wins"] == 3 and greedy["p_sign_flip"] == 0.25
     assert st["curves"]["opo"]["eval/accuracy"][0]["mean"] == pytest.approx(0.2)
+    assert st["machines"] == {"not recorded": ["grpo_off-s0", "grpo_off-s1", "grpo_off-s2", "opo-s0", "opo-s1", "opo-s2"]}
+
+
+def test_a_run_kept_as_figures_only_counts_without_a_curve(tmp_path):
+    """A run whose files were lost keeps its figures (figures.json): it is paired and averaged, not drawn."""
+    for seed in (0, 1):
+        _run(tmp_path, f"opo-s{seed}", 0.7)
+        (tmp_path / f"opo-s{seed}" / "machine.txt").write_text("cpu: X\nnative bf16: yes\n")
+    _run(tmp_path, "rloo-s1", 0.5)
+    lost = tmp_path / "rloo-s0"
+    lost.mkdir()
+    (lost / "figures.json").write_text(json.dumps({"figures": {"greedy": 0.4, "entropy": 1.0}, "machine": "cpu: Y"}))
+    st = cs.stage_stats(tmp_path)
+    assert st["methods"]["rloo"]["figures"]["greedy"]["by_seed"] == {0: 0.4, 1: 0.5}
+    assert st["paired_vs_opo"]["rloo"]["greedy"]["mean"] == pytest.approx(0.25)
+    assert st["curves"]["rloo"]["eval/accuracy"][0]["n"] == 1  # only rloo-s1 has a curve
+    assert st["machines"] == {"cpu: X; native bf16: yes": ["opo-s0", "opo-s1"], "cpu: Y": ["rloo-s0"],
+                              "not recorded": ["rloo-s1"]}
+    assert "- cpu: Y: rloo-s0" in cs.markdown({"stage1": st})
 
 
 def test_tables_replace_only_the_marked_block(tmp_path):

@@ -155,3 +155,23 @@ def test_a_hub_id_without_network_fails_in_seconds():
 
     if not hub_reachable(constants.ENDPOINT):  # this sandbox: no network to the hub
         assert "not found locally" in str(err.value) and "no network" in str(err.value)
+
+
+def test_two_processes_converting_the_embedded_model_at_once_both_get_it(tmp_path, monkeypatch):
+    """Two runs started together (a sweep, claims.sh's lanes) both convert on first use; the one that
+    finishes second finds the other's copy in place and must use it, not fail on os.replace."""
+    import opo.models as models
+
+    monkeypatch.setenv("OPO_CACHE", str(tmp_path))
+    target = tmp_path / "models" / models.EMBEDDED_NAME
+    convert = models._drop_quantization
+
+    def other_process_finishes_first(model):
+        convert(model)
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")  # the other process's complete copy
+
+    monkeypatch.setattr(models, "_drop_quantization", other_process_finishes_first)
+    assert models.embedded_model_dir() == target
+    assert [p.name for p in target.parent.iterdir()] == [models.EMBEDDED_NAME]  # our half is cleaned up
+    assert (target / "config.json").read_text() == "{}"  # the other copy is kept whole

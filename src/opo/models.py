@@ -80,7 +80,12 @@ def embedded_model_dir() -> Path:
         _drop_quantization(model)
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        os.replace(tmp, target)  # atomic: a half-written conversion is never taken for a complete one
+        try:
+            os.replace(tmp, target)  # atomic: a half-written conversion is never taken for a complete one
+        except OSError:
+            # Another process (a second run started at the same time) put its copy there first: use it.
+            if not (target / "config.json").exists():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
