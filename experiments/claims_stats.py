@@ -178,6 +178,7 @@ def stage_stats(root: Path) -> dict:
     runs: dict[str, dict[int, dict]] = {}
     running = []
     machines: dict[str, list[str]] = {}
+    where: dict[str, dict[int, str]] = {}
     curve: dict[str, dict[int, dict]] = {}
     for run in sorted(p for p in root.iterdir() if p.is_dir() and "-s" in p.name):
         method, seed = run.name.rsplit("-s", 1)
@@ -187,7 +188,8 @@ def stage_stats(root: Path) -> dict:
             running.append(run.name)
             continue
         runs.setdefault(method, {})[int(seed)] = run_figures(run)
-        machines.setdefault(machine(run), []).append(run.name)
+        where.setdefault(method, {})[int(seed)] = machine(run)
+        machines.setdefault(where[method][int(seed)], []).append(run.name)
         curve.setdefault(method, {})[int(seed)] = curves(run)
     methods = [m for m in METHODS if m in runs]
     figures = sorted({k for m in methods for s in runs[m].values() for k in s})
@@ -207,7 +209,9 @@ def stage_stats(root: Path) -> dict:
                 continue
             out["paired_vs_opo"][m] = {}
             for f in figures:
-                a = {s: v.get(f) for s, v in runs[BASELINE].items()}
+                # Compute time compares only runs of one seed that ran on the same machine.
+                same = {s for s in runs[BASELINE] if f != "minutes" or where[BASELINE][s] == where[m].get(s)}
+                a = {s: v.get(f) for s, v in runs[BASELINE].items() if s in same}
                 b = {s: v.get(f) for s, v in runs[m].items()}
                 result = paired(a, b)
                 if result:

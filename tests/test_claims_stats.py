@@ -73,13 +73,15 @@ def test_a_run_kept_as_figures_only_counts_without_a_curve(tmp_path):
     _run(tmp_path, "rloo-s1", 0.5)
     lost = tmp_path / "rloo-s0"
     lost.mkdir()
-    (lost / "figures.json").write_text(json.dumps({"figures": {"greedy": 0.4, "entropy": 1.0}, "machine": "cpu: Y"}))
+    (lost / "figures.json").write_text(json.dumps({"figures": {"greedy": 0.4, "entropy": 1.0, "minutes": 9.0},
+                                                   "machine": "cpu: Y"}))
+    (tmp_path / "rloo-s1" / "machine.txt").write_text("cpu: X\nnative bf16: yes\n")
     st = cs.stage_stats(tmp_path)
     assert st["methods"]["rloo"]["figures"]["greedy"]["by_seed"] == {0: 0.4, 1: 0.5}
     assert st["paired_vs_opo"]["rloo"]["greedy"]["mean"] == pytest.approx(0.25)
+    assert "minutes" not in st["paired_vs_opo"]["rloo"]  # seed 0 ran on another machine: one seed left, no test
     assert st["curves"]["rloo"]["eval/accuracy"][0]["n"] == 1  # only rloo-s1 has a curve
-    assert st["machines"] == {"cpu: X; native bf16: yes": ["opo-s0", "opo-s1"], "cpu: Y": ["rloo-s0"],
-                              "not recorded": ["rloo-s1"]}
+    assert st["machines"] == {"cpu: X; native bf16: yes": ["opo-s0", "opo-s1", "rloo-s1"], "cpu: Y": ["rloo-s0"]}
     assert "- cpu: Y: rloo-s0" in cs.markdown({"stage1": st})
 
 
