@@ -35,10 +35,15 @@ recorded() {  # in the committed store: a finished run's files, or the figures o
 
 if [ "$STAGE" = report ]; then
   .venv/bin/python experiments/claims_stats.py $STORE --out docs/claims.json --markdown docs/claims.md
-  for stage in 1 2; do
+  for stage in 1 2; do  # plots: the seeds whose curves every method has, so each line averages the same seeds
     dirs=()
-    for name in "${METHODS[@]}"; do
-      for run in $STORE/stage$stage/$name-s*/; do [ -f "$run/metrics.jsonl" ] && dirs+=("$run"); done
+    for seed in $(seq 0 9); do
+      runs=()
+      for name in "${METHODS[@]}"; do
+        run=$STORE/stage$stage/$name-s$seed
+        [ -f "$run/metrics.jsonl" ] && runs+=("$run")
+      done
+      [ ${#runs[@]} -eq ${#METHODS[@]} ] && dirs+=("${runs[@]}")
     done
     [ ${#dirs[@]} -gt 0 ] || continue
     .venv/bin/opo report "${dirs[@]}" --mean-seeds --out docs/claims_stage$stage.html --svg-dir docs/plots/claims$stage
