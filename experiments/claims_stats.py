@@ -288,14 +288,16 @@ def markdown(stats: dict) -> str:
                 lines.append(f"| {METHODS[m]} | " + " | ".join(cells) + " |")
         if not _steps(st):
             continue
-        lines += ["", "Held-out curves, mean over seeds (greedy / pass@1 / pass@4, %):", "",
+        lines += ["", "Held-out curves, mean over the seeds whose curve was kept (their number after the method; "
+                  "greedy / pass@1 / pass@4, %):", "",
                   "| method | " + " | ".join(f"step {s}" for s in _steps(st)) + " |", "|---|" + "---|" * len(_steps(st))]
         for m, cv in st["curves"].items():
             cells = []
             for s in _steps(st):
                 vals = [cv.get(k, {}).get(s) for k in ("eval/accuracy", "eval/pass@1", "eval/pass@4")]
                 cells.append(" / ".join("-" if v is None else f"{100 * v['mean']:.0f}" for v in vals))
-            lines.append(f"| {METHODS[m]} | " + " | ".join(cells) + " |")
+            seeds = max((v["n"] for c in cv.values() for v in c.values()), default=0)
+            lines.append(f"| {METHODS[m]} ({seeds}) | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
