@@ -177,7 +177,6 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Optional[dict]:
 def stage_stats(root: Path) -> dict:
     runs: dict[str, dict[int, dict]] = {}
     running = []
-    machines: dict[str, list[str]] = {}
     where: dict[str, dict[int, str]] = {}
     curve: dict[str, dict[int, dict]] = {}
     for run in sorted(p for p in root.iterdir() if p.is_dir() and "-s" in p.name):
@@ -189,10 +188,13 @@ def stage_stats(root: Path) -> dict:
             continue
         runs.setdefault(method, {})[int(seed)] = run_figures(run)
         where.setdefault(method, {})[int(seed)] = machine(run)
-        machines.setdefault(where[method][int(seed)], []).append(run.name)
         curve.setdefault(method, {})[int(seed)] = curves(run)
     methods = [m for m in METHODS if m in runs]
     figures = sorted({k for m in methods for s in runs[m].values() for k in s})
+    machines: dict[str, list[str]] = {}
+    for m in sorted(where):
+        for s in sorted(where[m]):
+            machines.setdefault(where[m][s], []).append(f"{m}-s{s}")
     out: dict = {"unfinished": running, "machines": machines, "methods": {}, "paired_vs_opo": {}, "curves": {}}
     for m in methods:
         by_seed = runs[m]
