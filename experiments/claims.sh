@@ -17,13 +17,14 @@
 # different machines stay comparable. One invocation per stage at a time:
 #   experiments/claims.sh [1|2]                  # the runs not done yet, seed by seed (paired data first)
 #   LANES=2 THREADS=1 experiments/claims.sh 1    # two runs side by side, one thread each
+#   METHODS="opo grpo_off" experiments/claims.sh 2   # only these methods' runs (the rest on a later call)
 #   experiments/claims.sh report                 # tables and statistics (experiments/claims_stats.py), plots
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE=${1:-1}
 LANES=${LANES:-1}
 THREADS=${THREADS:-2}
-METHODS=(opo grpo_off grpo rloo)  # the paper's comparison first
+METHODS=(${METHODS:-opo grpo_off grpo rloo})  # the paper's comparison first; METHODS="opo grpo_off" runs a subset first
 
 STORE=experiments/claims_runs
 done_run() {  # trained and evaluated after training (a run stopped by a signal writes a summary without "after")
